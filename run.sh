@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Set up the pinned environment in .venv (once, and again whenever requirements.lock changes),
+# then run a task in it. Needs only Python 3.11+ on PATH.
+#
+#   ./run.sh repro [dvc repro args]   reproduce the pipeline (default: built-in MNIST, offline)
+#   ./run.sh test  [pytest args]      lint (pre-commit) and the whole test suite, slow tests included
+#   ./run.sh lock                     re-pin requirements.lock from pyproject.toml
+#   ./run.sh <command ...>            any command inside the environment (e.g. ./run.sh dvc exp show)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+venv=${IMGPIPE_VENV:-.venv}
+lock=requirements.lock
+
+find_python() {
+  for candidate in python3.11 python3.12 python3.13 python3; do
+    if command -v "$candidate" >/dev/null &&
+      "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+      echo "$candidate"
+      return
+    fi
+  done
+  echo "run.sh: Python 3.11 or newer is needed on PATH" >&2
+  exit 1
+}
+
+ensure_env() {
+  local stamp="$venv/.imgpipe-lock-sha256" want
+  want=$(sha256sum "$lock" pyproject.toml | sha256sum | cut -d' ' -f1)
+  if [[ -x "$venv/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+    return
+  fi
+  echo "run.sh: installing the pinned environment into $venv (a few minutes, once)" >&2
+  [[ -x "$venv/bin/python" ]] || "$(find_python)" -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --upgrade pip
+  "$venv/bin/python" -m pip install --quiet -r "$lock"
+  "$venv/bin/python" -m pip install --quiet --no-deps -e .
+  echo "$want" >"$stamp"
+}
+
+task=${1:-repro}
+[[ $# -gt 0 ]] && shift
+
+if [[ "$task" == lock ]]; then
+  ensure_env
+  "$venv/bin/python" -m pip install --quiet uv
+  exec "$venv/bin/uv" pip compile pyproject.toml --extra dev --universal \
+    --python-version 3.11 --no-header --output-file "$lock"
+fi
+
+ensure_env
+export PATH="$PWD/$venv/bin:$PATH"
+case "$task" in
+  repro) exec dvc repro "$@" ;;
+  test)
+    pre-commit run --all-files --show-diff-on-failure
+    exec python -m pytest -m "slow or not slow" "$@"
+    ;;
+  *) exec "$task" "$@" ;;
+esac

@@ -1,0 +1,102 @@
+"""The ``imgpipe`` command: tools around the pipeline (the stages run via ``dvc repro``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from imgpipe import __version__
+from imgpipe.errors import ImgpipeError
+from imgpipe.runner import configure_logging, log
+
+DEFAULT_ONNX = Path("models/model.onnx")
+
+
+def check_params(args: argparse.Namespace) -> int:
+    from imgpipe.params import load_params
+
+    params = load_params(args.params)
+    print(f"{args.params}: OK ({params.model}, {params.epochs} epochs, lr {params.lr:g})")
+    return 0
+
+
+def info(args: argparse.Namespace) -> int:
+    from imgpipe.export import read_onnx_metadata
+
+    print(json.dumps(read_onnx_metadata(args.model), indent=2, sort_keys=True))
+    return 0
+
+
+def predict(args: argparse.Namespace) -> int:
+    """Classify image files with the exported model; one JSON line per image."""
+    import numpy as np
+
+    from imgpipe.features import OnnxClassifier
+    from imgpipe.images import ImageDecodeError, decode_image
+
+    classifier = OnnxClassifier(args.model)
+    size, channels = int(classifier.meta["image_size"]), int(classifier.meta["channels"])
+    failed = 0
+    for path in args.images:
+        try:
+            pixels = decode_image(Path(path), size, channels)
+        except (ImageDecodeError, OSError) as error:
+            print(json.dumps({"file": str(path), "error": str(error)}))
+            failed += 1
+            continue
+        probabilities, _ = classifier.run(pixels[np.newaxis])
+        top = np.argsort(-probabilities[0])[: args.top_k]
+        print(
+            json.dumps(
+                {
+                    "file": str(path),
+                    "top": [
+                        {"class": classifier.classes[i], "probability": round(float(p), 6)}
+                        for i, p in zip(top, probabilities[0][top], strict=True)
+                    ],
+                }
+            )
+        )
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imgpipe",
+        description="Tools around the imgpipe DVC pipeline. Run the pipeline itself with "
+        "`dvc repro`; experiments with `dvc exp run -S lr=1e-4`.",
+    )
+    parser.add_argument("--version", action="version", version=f"imgpipe {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub = commands.add_parser("check-params", help="validate params.yaml and exit")
+    sub.add_argument("--params", type=Path, default=Path("params.yaml"), help="file to check")
+    sub.set_defaults(handler=check_params)
+
+    sub = commands.add_parser("info", help="print the metadata embedded in an exported model")
+    sub.add_argument("model", type=Path, nargs="?", default=DEFAULT_ONNX, help="ONNX file")
+    sub.set_defaults(handler=info)
+
+    sub = commands.add_parser("predict", help="classify image files with the exported model")
+    sub.add_argument("images", nargs="+", help="image files (any format Pillow reads)")
+    sub.add_argument("--model", type=Path, default=DEFAULT_ONNX, help="ONNX file")
+    sub.add_argument("--top-k", type=int, default=3, help="classes to print per image")
+    sub.set_defaults(handler=predict)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    configure_logging()
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except ImgpipeError as error:
+        log.error("%s", error)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Per-image features for drift monitoring, computed with the exported ONNX model.
+
+The ``drift-baseline`` stage computes them for a sample of the training data; the service and
+``imgpipe drift`` compute the same columns for live traffic, so the two tables compare directly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from imgpipe.export import INPUT_NAME, OUTPUT_NAMES, open_session, session_metadata
+
+STATISTIC_COLUMNS = ("brightness", "contrast", "sharpness", "dark_fraction", "bright_fraction")
+
+
+def image_statistics(images: np.ndarray) -> dict[str, np.ndarray]:
+    """Simple per-image statistics of ``N x H x W x C`` uint8 images, in [0, 1] units.
+
+    brightness: mean pixel value; contrast: pixel standard deviation; sharpness: mean absolute
+    Laplacian (drops when images blur); dark/bright fraction: share of pixels below 10% / above
+    90% (moves with exposure and inversion).
+    """
+    grey = images.astype(np.float32).mean(axis=-1) / 255.0
+    laplacian = (
+        4 * grey[:, 1:-1, 1:-1]
+        - grey[:, :-2, 1:-1]
+        - grey[:, 2:, 1:-1]
+        - grey[:, 1:-1, :-2]
+        - grey[:, 1:-1, 2:]
+    )
+    return {
+        "brightness": grey.mean(axis=(1, 2)),
+        "contrast": grey.std(axis=(1, 2)),
+        "sharpness": np.abs(laplacian).mean(axis=(1, 2)),
+        "dark_fraction": (grey < 0.1).mean(axis=(1, 2)),
+        "bright_fraction": (grey > 0.9).mean(axis=(1, 2)),
+    }
+
+
+class OnnxClassifier:
+    """The exported model in onnxruntime, with its embedded metadata."""
+
+    def __init__(self, path: Path, threads: int = 0) -> None:
+        self.session = open_session(path, threads)
+        self.meta = session_metadata(self.session, path)
+        self.classes: list[str] = list(self.meta["classes"])
+
+    def run(self, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+        """Softmax probabilities and embeddings for ``N x H x W x C`` uint8 images."""
+        probabilities, embeddings = [], []
+        for start in range(0, len(images), batch_size):
+            batch = np.ascontiguousarray(images[start : start + batch_size].transpose(0, 3, 1, 2))
+            logits, embedding = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})
+            shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+            probabilities.append(shifted / shifted.sum(axis=1, keepdims=True))
+            embeddings.append(embedding)
+        return np.concatenate(probabilities), np.concatenate(embeddings)
+
+
+def feature_table(classifier: OnnxClassifier, images: np.ndarray) -> pd.DataFrame:
+    """One row per image: statistics, predicted class, confidence and ``emb_*`` columns."""
+    probabilities, embeddings = classifier.run(images)
+    table = pd.DataFrame(image_statistics(images))
+    table["predicted"] = [classifier.classes[i] for i in probabilities.argmax(axis=1)]
+    table["confidence"] = probabilities.max(axis=1)
+    width = len(str(embeddings.shape[1] - 1))
+    embedding_columns = pd.DataFrame(
+        embeddings, columns=[f"emb_{i:0{width}d}" for i in range(embeddings.shape[1])]
+    )
+    return pd.concat([table, embedding_columns], axis=1)
+
+
+def baseline_summary(table: pd.DataFrame, classes: list[str]) -> dict[str, Any]:
+    """Small JSON-able summary of a feature table, for ``metrics/``."""
+    counts = table["predicted"].value_counts()
+    return {
+        "rows": len(table),
+        "embedding_dims": sum(1 for c in table.columns if c.startswith("emb_")),
+        "mean_confidence": round(float(table["confidence"].mean()), 6),
+        "predicted_share": {c: round(float(counts.get(c, 0)) / len(table), 6) for c in classes},
+        "statistics": {
+            column: {
+                "mean": round(float(table[column].mean()), 6),
+                "std": round(float(table[column].std()), 6),
+            }
+            for column in STATISTIC_COLUMNS
+        },
+    }
+
+
+def sample_images(images: list[np.ndarray], size: int, seed: int) -> np.ndarray:
+    """Up to ``size`` images drawn without replacement from several arrays, in a seeded order."""
+    total = sum(len(part) for part in images)
+    chosen = np.sort(np.random.default_rng(seed).permutation(total)[: min(size, total)])
+    offsets = np.cumsum([0] + [len(part) for part in images])
+    return np.concatenate(
+        [
+            part[chosen[(chosen >= lo) & (chosen < hi)] - lo]
+            for part, lo, hi in zip(images, offsets[:-1], offsets[1:], strict=True)
+        ]
+    )

@@ -1,0 +1,160 @@
+"""The schema of ``params.yaml``: every knob, its type and its allowed range.
+
+Stages call :func:`load_params` before doing any work, so a typo, a wrong type or an impossible
+value stops the pipeline with a message that names the key instead of failing halfway through.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from imgpipe.errors import ImgpipeError
+
+DEFAULT_PARAMS_PATH = Path("params.yaml")
+
+
+class ParamsError(ImgpipeError):
+    """``params.yaml`` is missing, unreadable or does not fit the schema."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(_Section):
+    source: str = Field(min_length=1)
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+
+
+class PreprocessParams(_Section):
+    image_size: int = Field(ge=8, le=4096)
+    channels: Literal[1, 3]
+    val_fraction: float = Field(gt=0, lt=1)
+    test_fraction: float = Field(gt=0, lt=1)
+    split_seed: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self) -> PreprocessParams:
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError(
+                "val_fraction + test_fraction must stay below 0.9 so that training data remains "
+                f"(got {self.val_fraction} + {self.test_fraction})"
+            )
+        return self
+
+
+class AugmentParams(_Section):
+    degrees: float = Field(ge=0, le=180)
+    translate: float = Field(ge=0, lt=1)
+    scale: float = Field(ge=0, lt=1)
+    hflip: bool
+
+
+class EvaluateParams(_Section):
+    batch_size: int = Field(ge=1)
+
+
+class ExportParams(_Section):
+    opset: int = Field(ge=17, le=23)
+    tolerance: float = Field(gt=0)
+
+
+class DriftBaselineParams(_Section):
+    sample_size: int = Field(ge=10)
+    seed: int = Field(ge=0)
+
+
+class Params(_Section):
+    """Everything in ``params.yaml``. Training hyperparameters are top-level keys so that
+    ``dvc exp run -S lr=1e-4`` works verbatim."""
+
+    model: str = Field(min_length=1)
+    pretrained: bool
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0, lt=10)
+    weight_decay: float = Field(ge=0)
+    warmup_epochs: float = Field(ge=0)
+    label_smoothing: float = Field(ge=0, lt=1)
+    ema_decay: float = Field(ge=0, lt=1)
+    seed: int = Field(ge=0)
+    device: Literal["auto", "cpu", "cuda"]
+    augment: AugmentParams
+    data: DataParams
+    preprocess: PreprocessParams
+    evaluate: EvaluateParams
+    export: ExportParams
+    drift_baseline: DriftBaselineParams
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> Params:
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(
+                f"warmup_epochs ({self.warmup_epochs}) must be smaller than epochs ({self.epochs})"
+            )
+        return self
+
+
+def load_params(path: Path = DEFAULT_PARAMS_PATH) -> Params:
+    """Read and validate ``params.yaml``.
+
+    Raises:
+        ParamsError: naming the file and every offending key.
+    """
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: file not found") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of keys to values at the top level")
+    return parse_params(raw, source=str(path))
+
+
+def parse_params(raw: dict[str, Any], source: str = "params") -> Params:
+    """Validate an already-parsed params mapping; see :func:`load_params`."""
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        problems = [_describe(error, raw) for error in exc.errors()]
+        raise ParamsError(f"{source}: " + "; ".join(problems)) from None
+
+
+def _describe(error: Any, raw: dict[str, Any]) -> str:
+    location = [str(part) for part in error["loc"]]
+    key = ".".join(location) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"unknown key '{key}'{_suggestion(location)}"
+    if error["type"] == "missing":
+        return f"missing key '{key}'"
+    value = _lookup(raw, location)
+    shown = f" (got {value!r})" if value is not _NOTHING and not isinstance(value, dict) else ""
+    return f"'{key}': {error['msg'].removeprefix('Value error, ')}{shown}"
+
+
+_NOTHING = object()
+
+
+def _lookup(raw: Any, location: list[str]) -> Any:
+    for part in location:
+        if not isinstance(raw, dict) or part not in raw:
+            return _NOTHING
+        raw = raw[part]
+    return raw
+
+
+def _suggestion(location: list[str]) -> str:
+    model: type[BaseModel] = Params
+    for part in location[:-1]:
+        annotation = model.model_fields[part].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return ""
+        model = annotation
+    close = difflib.get_close_matches(location[-1], list(model.model_fields), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""

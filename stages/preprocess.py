@@ -1,0 +1,43 @@
+"""Stage preprocess: split the raw tree, decode and resize every image into uint8 arrays,
+and write a data report listing counts per class and split and every skipped file."""
+
+import argparse
+import logging
+from pathlib import Path
+
+from imgpipe.io import write_json
+from imgpipe.params import load_params
+from imgpipe.preprocess import SPLITS, assign_splits, data_report, list_samples, write_split
+from imgpipe.runner import run_stage
+
+log = logging.getLogger("imgpipe.stages.preprocess")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--raw", type=Path, required=True, help="ImageFolder tree from download")
+    parser.add_argument("--out", type=Path, required=True, help="folder for <split>/ arrays")
+    parser.add_argument("--report", type=Path, required=True, help="data report JSON to write")
+    args = parser.parse_args()
+
+    p = load_params().preprocess
+    classes, found = list_samples(args.raw)
+    splits = assign_splits(found, p.val_fraction, p.test_fraction, p.split_seed)
+    skipped = {
+        split: write_split(
+            args.raw,
+            splits[split],
+            classes,
+            args.out / split,
+            image_size=p.image_size,
+            channels=p.channels,
+        )
+        for split in SPLITS
+    }
+    report = data_report(classes, splits, skipped)
+    write_json(args.report, report)
+    log.info("images per split %s; %d skipped", report["totals"], report["skipped_count"])
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,58 @@
+"""Stage train: fit the timm model named by ``model`` on the train split, keep the epoch with
+the best validation accuracy, and log per-epoch curves with dvclive."""
+
+import argparse
+from pathlib import Path
+
+from dvclive import Live
+
+from imgpipe.model import ModelMeta, save_checkpoint
+from imgpipe.params import load_params
+from imgpipe.preprocess import load_split
+from imgpipe.runner import run_stage
+from imgpipe.train import Augmentation, train_classifier
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", type=Path, required=True, help="folder with train/ and val/")
+    parser.add_argument("--model", type=Path, required=True, help="checkpoint to write")
+    parser.add_argument("--live", type=Path, required=True, help="dvclive folder (curves, summary)")
+    args = parser.parse_args()
+
+    p = load_params()
+    train, val = load_split(args.data / "train"), load_split(args.data / "val")
+    # dvcyaml=False: dvc.yaml declares the metrics and plots; dvclive must not rewrite it.
+    with Live(str(args.live), dvcyaml=False, save_dvc_exp=False) as live:
+        result = train_classifier(
+            train,
+            val,
+            architecture=p.model,
+            pretrained=p.pretrained,
+            epochs=p.epochs,
+            batch_size=p.batch_size,
+            lr=p.lr,
+            weight_decay=p.weight_decay,
+            warmup_epochs=p.warmup_epochs,
+            label_smoothing=p.label_smoothing,
+            ema_decay=p.ema_decay,
+            seed=p.seed,
+            augmentation=Augmentation(**p.augment.model_dump()),
+            device=p.device,
+            metric_logger=live,
+        )
+        live.summary["best"] = result.best
+        meta = ModelMeta(
+            architecture=p.model,
+            classes=train.classes,
+            image_size=train.images.shape[1],
+            channels=train.images.shape[3],
+            mean=result.mean,
+            std=result.std,
+            training={"best_epoch": result.best_epoch, **result.best},
+        )
+        save_checkpoint(args.model, result.model, meta)
+
+
+if __name__ == "__main__":
+    run_stage(main)

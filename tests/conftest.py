@@ -1,0 +1,54 @@
+"""Shared fixtures: small synthetic datasets and a tiny trained model, built in seconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from imgpipe.model import Classifier, ModelMeta, create_network
+from imgpipe.preprocess import SplitArrays
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def pattern_images(count: int, label: int, size: int = 32, seed: int = 0) -> np.ndarray:
+    """Greyscale images a tiny model can tell apart: class 0 bright left half, class 1 right."""
+    rng = np.random.default_rng(seed + 1000 * label)
+    images = rng.integers(0, 60, size=(count, size, size, 1), dtype=np.uint8)
+    half = slice(0, size // 2) if label == 0 else slice(size // 2, size)
+    images[:, :, half, :] += 150
+    return images
+
+
+def make_split(per_class: int, size: int = 32, seed: int = 0) -> SplitArrays:
+    images = np.concatenate([pattern_images(per_class, c, size, seed) for c in (0, 1)])
+    labels = np.repeat(np.arange(2), per_class).astype(np.int64)
+    files = [f"{c}/{i}.png" for c in ("left", "right") for i in range(per_class)]
+    return SplitArrays(images, labels, ["left", "right"], files)
+
+
+def write_image_folder(root: Path, per_class: int = 6, size: int = 32) -> Path:
+    """An unsplit ImageFolder tree of PNGs with the two pattern classes."""
+    for label, name in enumerate(("left", "right")):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i, pixels in enumerate(pattern_images(per_class, label, size)):
+            Image.fromarray(pixels[:, :, 0], mode="L").save(root / name / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return write_image_folder(tmp_path / "raw")
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> tuple[Classifier, ModelMeta]:
+    torch.manual_seed(0)
+    net = create_network("test_resnet", num_classes=2, channels=1)
+    model = Classifier(net, [0.3], [0.25]).eval()
+    meta = ModelMeta("test_resnet", ["left", "right"], 32, 1, [0.3], [0.25])
+    return model, meta

@@ -1,0 +1,50 @@
+from pathlib import Path
+
+import pytest
+
+from imgpipe.data import SourceError, fetch, split_folders
+from tests.conftest import write_image_folder
+
+
+def test_builtin_mnist5k_writes_5000_digits(tmp_path: Path) -> None:
+    fetch("builtin:mnist5k", tmp_path / "raw")
+    classes = sorted(p.name for p in (tmp_path / "raw").iterdir())
+    assert classes == [str(d) for d in range(10)]
+    assert all(len(list((tmp_path / "raw" / c).glob("*.png"))) == 500 for c in classes)
+
+
+def test_unknown_builtin_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="unknown built-in dataset 'builtin:cifar'"):
+        fetch("builtin:cifar", tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()
+
+
+def test_local_folder_is_copied_without_junk(tmp_path: Path) -> None:
+    source = write_image_folder(tmp_path / "source", per_class=2)
+    (source / ".DS_Store").write_bytes(b"junk")
+    (source / "left" / "._000.png").write_bytes(b"appledouble")
+    (source / "__MACOSX" / "left").mkdir(parents=True)
+    (source / "__MACOSX" / "left" / "x.png").write_bytes(b"junk")
+    fetch(str(source), tmp_path / "raw")
+    copied = sorted(
+        p.relative_to(tmp_path / "raw").as_posix()
+        for p in (tmp_path / "raw").rglob("*")
+        if p.is_file()
+    )
+    assert copied == ["left/000.png", "left/001.png", "right/000.png", "right/001.png"]
+
+
+def test_missing_or_empty_source_is_named(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="'/nonexistent/images' is not a folder"):
+        fetch("/nonexistent/images", tmp_path / "raw")
+    (tmp_path / "empty" / "cats").mkdir(parents=True)
+    with pytest.raises(SourceError, match="holds no images in class folders"):
+        fetch(str(tmp_path / "empty"), tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()
+
+
+def test_pre_split_layout_is_recognised(tmp_path: Path) -> None:
+    for split in ("train", "Validation", "test"):
+        write_image_folder(tmp_path / split, per_class=1)
+    assert sorted(split_folders(tmp_path)) == ["test", "train", "val"]
+    assert split_folders(tmp_path / "train") == {}

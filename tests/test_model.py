@@ -1,0 +1,48 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from imgpipe.errors import ImgpipeError
+from imgpipe.model import (
+    Classifier,
+    ModelMeta,
+    channel_statistics,
+    create_network,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+
+def test_checkpoint_round_trip_carries_everything(
+    tiny_model: tuple[Classifier, ModelMeta], tmp_path: Path
+) -> None:
+    model, meta = tiny_model
+    save_checkpoint(tmp_path / "model.pt", model, meta)
+    loaded, loaded_meta = load_checkpoint(tmp_path / "model.pt")
+    assert loaded_meta == meta
+    images = torch.randint(0, 255, (3, 1, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images), model(images))
+        logits, embedding = loaded.forward_with_embedding(images)
+    torch.testing.assert_close(logits, model(images))
+    assert embedding.shape[0] == 3
+
+
+def test_unknown_architecture_is_named() -> None:
+    with pytest.raises(ImgpipeError, match="timm has no model named 'resnet_typo'"):
+        create_network("resnet_typo", 2, 1)
+
+
+def test_not_a_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(ImgpipeError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_channel_statistics_match_numpy() -> None:
+    images = np.random.default_rng(0).integers(0, 256, (50, 8, 8, 3), dtype=np.uint8)
+    mean, std = channel_statistics(images, chunk=7)
+    scaled = images.reshape(-1, 3) / 255.0
+    np.testing.assert_allclose(mean, scaled.mean(0), atol=1e-6)
+    np.testing.assert_allclose(std, scaled.std(0), atol=1e-6)

@@ -1,0 +1,75 @@
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from imgpipe.params import ParamsError, load_params, parse_params
+from tests.conftest import REPO_ROOT
+
+
+def committed() -> dict[str, Any]:
+    return yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+
+
+def test_committed_params_are_valid() -> None:
+    params = load_params(REPO_ROOT / "params.yaml")
+    assert params.data.source == "builtin:mnist5k"
+    assert params.preprocess.test_fraction * 5000 >= 1000  # the test-split minimum
+
+
+def test_every_param_has_a_comment() -> None:
+    for number, line in enumerate((REPO_ROOT / "params.yaml").read_text().splitlines(), 1):
+        if line.strip() and not line.lstrip().startswith("#") and ":" in line:
+            assert "#" in line, f"params.yaml:{number} has no comment: {line!r}"
+
+
+def test_unknown_key_is_named_with_a_suggestion() -> None:
+    raw = committed()
+    raw["lrr"] = raw.pop("lr")
+    with pytest.raises(ParamsError) as error:
+        parse_params(raw, "params.yaml")
+    message = str(error.value)
+    assert "unknown key 'lrr' (did you mean 'lr'?)" in message
+    assert "missing key 'lr'" in message
+
+
+def test_unknown_nested_key_is_named() -> None:
+    raw = committed()
+    raw["preprocess"]["image_sise"] = 32
+    with pytest.raises(ParamsError, match=r"unknown key 'preprocess.image_sise' \(did you mean"):
+        parse_params(raw)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("lr", "fast", r"'lr': Input should be a valid number.*got 'fast'"),
+        ("epochs", 0, r"'epochs': Input should be greater than or equal to 1 \(got 0\)"),
+        ("device", "tpu", r"'device': Input should be 'auto', 'cpu' or 'cuda'"),
+    ],
+)
+def test_wrong_values_are_named(key: str, value: object, expected: str) -> None:
+    raw = committed()
+    raw[key] = value
+    with pytest.raises(ParamsError, match=expected):
+        parse_params(raw)
+
+
+def test_impossible_split_is_refused() -> None:
+    raw = committed()
+    raw["preprocess"]["val_fraction"] = 0.5
+    raw["preprocess"]["test_fraction"] = 0.45
+    with pytest.raises(
+        ParamsError, match=r"'preprocess': val_fraction \+ test_fraction must stay below 0.9"
+    ):
+        parse_params(raw)
+
+
+def test_bad_yaml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ParamsError, match="file not found"):
+        load_params(tmp_path / "params.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("lr: [1,\n")
+    with pytest.raises(ParamsError, match=r"broken\.yaml: not valid YAML"):
+        load_params(broken)

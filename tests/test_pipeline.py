@@ -1,0 +1,199 @@
+"""End-to-end: real `dvc repro` and `dvc exp run` in a temporary clone, never the working tree."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def clone_working_tree(destination: Path) -> Path:
+    """Copy what git tracks or would track (no ignored outputs, no caches) into a new repo."""
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
+    for relative in filter(None, listed):
+        source = REPO_ROOT / relative
+        if source.is_file():
+            (destination / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / relative)
+    git(destination, "init", "-q")
+    return destination
+
+
+def git(repo: Path, *args: str) -> None:
+    subprocess.run(
+        ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", *args],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+    )
+
+
+def commit_all(repo: Path, message: str) -> None:
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", message)
+
+
+def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    # Stage commands call `python`: it must be this environment's, as for a user who activated it.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["PYTHONPATH"] = str(repo / "src")  # the clone's library, not the working tree's
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", *args],
+        check=False,
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def stages_run(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def set_params(repo: Path, **changes: object) -> None:
+    path = repo / "params.yaml"
+    text = path.read_text()
+    for key, value in changes.items():
+        text, count = re.subn(rf"(?m)^{key}:\s*\S+", f"{key}: {value}", text)
+        assert count == 1, key
+    path.write_text(text)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A clone with the default pipeline shrunk to seconds (2 epochs) and reproduced once."""
+    repo = clone_working_tree(tmp_path_factory.mktemp("clone"))
+    set_params(repo, epochs=2)
+    commit_all(repo, "shrunk pipeline")
+    first = dvc(repo, "repro")
+    assert stages_run(first.stdout) == {
+        "download",
+        "preprocess",
+        "train",
+        "evaluate",
+        "export-onnx",
+        "drift-baseline",
+    }
+    commit_all(repo, "reproduced")
+    return repo
+
+
+def test_repro_writes_every_declared_output(repo: Path) -> None:
+    for path in (
+        "data/raw/7",
+        "data/processed/test/images.npy",
+        "models/model.pt",
+        "models/model.onnx",
+        "data/drift_baseline/reference.parquet",
+    ):
+        assert (repo / path).exists(), path
+    data = json.loads((repo / "metrics/data.json").read_text())
+    assert data["totals"] == {"train": 3500, "val": 500, "test": 1000}
+    evaluation = json.loads((repo / "metrics/eval.json").read_text())
+    assert evaluation["test_images"] == 1000 and evaluation["accuracy"] > 0.5
+    assert len((repo / "metrics/eval/confusion.csv").read_text().splitlines()) == 1001
+
+
+def test_second_repro_runs_nothing(repo: Path) -> None:
+    again = dvc(repo, "repro")
+    assert stages_run(again.stdout) == set()
+    assert "up to date" in dvc(repo, "status").stdout
+
+
+def test_metrics_and_plots_render(repo: Path) -> None:
+    shown = json.loads(dvc(repo, "metrics", "show", "--json").stdout)
+    files = next(iter(shown.values()))["data"]
+    assert {"metrics/eval.json", "metrics/train/metrics.json", "metrics/export.json"} <= set(files)
+    dvc(repo, "plots", "show", "-o", "plots-html")
+    html = (repo / "plots-html" / "index.html").read_text()
+    assert "confusion.csv" in html and "val/accuracy.tsv" in html
+
+
+def test_experiment_with_new_lr_reruns_exactly_training_and_after(repo: Path) -> None:
+    run = dvc(repo, "exp", "run", "-S", "lr=1e-4", "--name", "low-lr")
+    assert stages_run(run.stdout) == {"train", "evaluate", "export-onnx", "drift-baseline"}
+    shown = json.loads(dvc(repo, "exp", "show", "--json").stdout)
+    experiments = [
+        exp
+        for baseline in shown
+        for exp in (baseline.get("experiments") or [])
+        if exp.get("name") == "low-lr"
+    ]
+    assert len(experiments) == 1
+    data = experiments[0]["revs"][0]["data"]
+    assert data["params"]["params.yaml"]["data"]["lr"] == 0.0001
+    assert "accuracy" in data["metrics"]["metrics/eval.json"]["data"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        (("epochs", "two"), "'epochs': Input should be a valid integer"),
+        (("label_smoothing", "1.5"), "'label_smoothing': Input should be less than 1"),
+    ],
+)
+def test_bad_param_fails_before_work_with_the_key_named(
+    repo: Path, edit: tuple[str, str], named: str
+) -> None:
+    original = (repo / "params.yaml").read_text()
+    try:
+        set_params(repo, **{edit[0]: edit[1]})
+        result = dvc(repo, "repro", check=False)
+        assert result.returncode != 0
+        assert named in result.stdout + result.stderr
+        assert "Traceback" not in result.stdout + result.stderr
+        assert (repo / "models/model.pt").exists()  # nothing lost
+    finally:
+        (repo / "params.yaml").write_text(original)
+
+
+def test_unknown_key_is_refused_by_name(repo: Path) -> None:
+    path = repo / "params.yaml"
+    original = path.read_text()
+    try:
+        path.write_text(original.replace("\nlr:", "\nlrr:"))
+        result = dvc(repo, "repro", check=False)
+        assert result.returncode != 0
+        assert "lr" in result.stdout + result.stderr
+    finally:
+        path.write_text(original)
+
+
+def test_committed_lock_matches_the_code(tmp_path: Path) -> None:
+    """The full default pipeline, reproduced from scratch, gives the committed data hashes
+    exactly and the committed metrics within run-to-run noise of other machines."""
+    repo = clone_working_tree(tmp_path)
+    dvc(repo, "repro")
+    committed = yaml.safe_load((REPO_ROOT / "dvc.lock").read_text())["stages"]
+    fresh = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    for stage in ("download", "preprocess"):
+        assert fresh[stage]["outs"] == committed[stage]["outs"], stage
+    ours = json.loads((repo / "metrics/eval.json").read_text())
+    theirs = json.loads((REPO_ROOT / "metrics/eval.json").read_text())
+    assert ours["accuracy"] >= 0.99
+    assert abs(ours["accuracy"] - theirs["accuracy"]) <= 0.005

@@ -1,0 +1,67 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imgpipe.preprocess import (
+    PreprocessError,
+    assign_splits,
+    data_report,
+    list_samples,
+    load_split,
+    write_split,
+)
+from tests.conftest import write_image_folder
+
+
+def test_unsplit_tree_is_split_stratified_and_reproducibly(image_folder: Path) -> None:
+    (image_folder / "left" / "nested").mkdir()
+    (image_folder / "left" / "000.png").rename(image_folder / "left" / "nested" / "000.png")
+    classes, found = list_samples(image_folder)
+    assert classes == ["left", "right"]
+    assert len(found[None]) == 12  # the nested file still belongs to 'left'
+    first = assign_splits(found, 1 / 6, 2 / 6, seed=3)
+    assert {split: len(s) for split, s in first.items()} == {"train": 6, "val": 2, "test": 4}
+    assert sorted(s.label for s in first["test"]) == [0, 0, 1, 1]
+    assert assign_splits(found, 1 / 6, 2 / 6, seed=3) == first
+    assert assign_splits(found, 1 / 6, 2 / 6, seed=4) != first
+
+
+def test_pre_split_source_keeps_its_splits_and_gets_a_val_split(tmp_path: Path) -> None:
+    write_image_folder(tmp_path / "train", per_class=10)
+    write_image_folder(tmp_path / "test", per_class=2)
+    _, found = list_samples(tmp_path)
+    splits = assign_splits(found, 0.2, 0.3, seed=0)
+    assert {split: len(s) for split, s in splits.items()} == {"train": 16, "val": 4, "test": 4}
+    assert all(s.path.parts[0] == "test" for s in splits["test"])
+
+
+def test_too_few_images_to_stratify_is_explained(tmp_path: Path) -> None:
+    write_image_folder(tmp_path, per_class=1)
+    _, found = list_samples(tmp_path)
+    with pytest.raises(PreprocessError, match="cannot carve a stratified test split"):
+        assign_splits(found, 0.1, 0.2, seed=0)
+
+
+def test_broken_files_are_skipped_and_reported(image_folder: Path, tmp_path: Path) -> None:
+    (image_folder / "left" / "empty.png").write_bytes(b"")
+    (image_folder / "right" / "notes.png").write_text("not an image")
+    classes, found = list_samples(image_folder)
+    samples = found[None]
+    skipped = write_split(
+        image_folder, samples, classes, tmp_path / "out" / "train", image_size=16, channels=1
+    )
+    assert sorted((e["file"], e["reason"]) for e in skipped) == [
+        ("left/empty.png", "empty file"),
+        ("right/notes.png", "not an image (content not recognised)"),
+    ]
+    split = load_split(tmp_path / "out" / "train")
+    assert split.images.shape == (12, 16, 16, 1)
+    assert split.images.dtype == np.uint8
+    assert np.bincount(split.labels).tolist() == [6, 6]
+    assert "left/empty.png" not in split.files
+
+    report = data_report(classes, {"train": samples}, {"train": skipped})
+    assert report["counts"] == {"train": {"left": 6, "right": 6}}
+    assert report["skipped_count"] == 2
+    assert report["empty_classes"] == []
