@@ -125,7 +125,7 @@ def check_parity(
         ParityError: when any logit or embedding value differs by more than ``tolerance``.
     """
     session = open_session(onnx_path)
-    batch = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+    batch = np.array(images.transpose(0, 3, 1, 2), order="C")  # a writable copy for torch
     with torch.no_grad():
         started = time.perf_counter()
         reference = [

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import timm
 import torch
 from torch import nn
@@ -93,7 +94,9 @@ def channel_statistics(images: Any, chunk: int = 4096) -> tuple[list[float], lis
     squares = torch.zeros_like(total)
     count = 0
     for start in range(0, len(images), chunk):
-        block = torch.from_numpy(images[start : start + chunk].reshape(-1, images.shape[-1]))
+        block = torch.from_numpy(
+            np.array(images[start : start + chunk]).reshape(-1, images.shape[-1])
+        )
         block = block.to(torch.float64) / 255.0
         total += block.sum(0)
         squares += (block**2).sum(0)

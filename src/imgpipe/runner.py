@@ -15,6 +15,9 @@ def configure_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
+    # The ONNX exporter narrates every optimisation pass at INFO; only its warnings matter here.
+    for chatty in ("onnxscript", "onnx_ir", "torch.onnx"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
 def run_stage(main: Callable[[], None]) -> None:

@@ -45,6 +45,7 @@ class Augmentation:
     translate: float = 0.0
     scale: float = 0.0
     hflip: bool = False
+    elastic: float = 0.0  # elastic-distortion strength (torchvision's alpha, in pixels)
 
     def build(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
         steps: list[nn.Module] = []
@@ -56,6 +57,8 @@ class Augmentation:
                     scale=(1 - self.scale, 1 + self.scale) if self.scale else None,
                 )
             )
+        if self.elastic:
+            steps.append(v2.ElasticTransform(alpha=self.elastic, sigma=4.0))
         if self.hflip:
             steps.append(v2.RandomHorizontalFlip())
         return v2.Compose(steps) if steps else None
