@@ -4,13 +4,11 @@ the best validation accuracy, and log per-epoch curves with dvclive."""
 import argparse
 from pathlib import Path
 
-from dvclive import Live
-
 from imgpipe.model import ModelMeta, save_checkpoint
 from imgpipe.params import load_params
 from imgpipe.preprocess import load_split
 from imgpipe.runner import run_stage
-from imgpipe.train import Augmentation, train_classifier
+from imgpipe.train import Augmentation, open_live, train_classifier
 
 
 def main() -> None:
@@ -22,8 +20,7 @@ def main() -> None:
 
     p = load_params()
     train, val = load_split(args.data / "train"), load_split(args.data / "val")
-    # dvcyaml=False: dvc.yaml declares the metrics and plots; dvclive must not rewrite it.
-    with Live(str(args.live), dvcyaml=False, save_dvc_exp=False) as live:
+    with open_live(args.live) as live:
         result = train_classifier(
             train,
             val,

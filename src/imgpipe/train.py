@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -24,6 +25,7 @@ from timm.utils.model_ema import ModelEmaV3
 from torch import nn
 from torchvision.transforms import v2
 
+from imgpipe.errors import ImgpipeError
 from imgpipe.model import Classifier, channel_statistics, create_network
 from imgpipe.preprocess import SplitArrays
 
@@ -45,7 +47,6 @@ class Augmentation:
     translate: float = 0.0
     scale: float = 0.0
     hflip: bool = False
-    elastic: float = 0.0  # elastic-distortion strength (torchvision's alpha, in pixels)
 
     def build(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
         steps: list[nn.Module] = []
@@ -57,8 +58,6 @@ class Augmentation:
                     scale=(1 - self.scale, 1 + self.scale) if self.scale else None,
                 )
             )
-        if self.elastic:
-            steps.append(v2.ElasticTransform(alpha=self.elastic, sigma=4.0))
         if self.hflip:
             steps.append(v2.RandomHorizontalFlip())
         return v2.Compose(steps) if steps else None
@@ -83,10 +82,22 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        from imgpipe.errors import ImgpipeError
-
         raise ImgpipeError("device: 'cuda' was asked for but torch sees no CUDA device")
     return torch.device(device)
+
+
+def open_live(folder: Path) -> Any:
+    """dvclive's ``Live`` writing to ``folder``, with dvc.yaml left alone (it declares the
+    metrics and plots itself; ``dvcyaml=False`` stops dvclive from rewriting it)."""
+    from dvclive.live import Live
+    from scmrepo.exceptions import SCMError
+
+    try:
+        return Live(str(folder), dvcyaml=False, save_dvc_exp=False)
+    except SCMError as error:  # dvclive needs a base commit to attach metrics to
+        raise ImgpipeError(
+            f"git: {error}; make a first commit (git add -A && git commit) before `dvc repro`"
+        ) from None
 
 
 def seed_everything(seed: int) -> None:
@@ -139,7 +150,8 @@ def train_classifier(
     model = Classifier(net, mean, std).to(target)
     if target.type == "cuda":
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    average = ModelEmaV3(model, decay=ema_decay) if ema_decay > 0 else None
+    # Warm-up ramps the decay towards ema_decay, so short runs are not dragged to the init.
+    average = ModelEmaV3(model, decay=ema_decay, use_warmup=True) if ema_decay > 0 else None
     evaluated: Classifier = average.module if average else model  # type: ignore[assignment]
 
     steps_per_epoch = math.ceil(len(train) / batch_size)
