@@ -44,7 +44,7 @@ task=${1:-repro}
 if [[ "$task" == lock ]]; then
   ensure_env
   "$venv/bin/python" -m pip install --quiet uv
-  exec "$venv/bin/uv" pip compile pyproject.toml --extra dev --universal \
+  exec "$venv/bin/uv" pip compile pyproject.toml --all-extras --universal \
     --python-version 3.11 --no-header --output-file "$lock"
 fi
 

@@ -1,9 +1,10 @@
-"""Stage download: fetch ``data.source`` into an ImageFolder tree (``<class>/<image>``)."""
+"""Stage download: fetch ``data.source`` (built-in, local folder or http(s) archive) into an
+ImageFolder tree (``<class>/<image>`` or ``<split>/<class>/<image>``)."""
 
 import argparse
 from pathlib import Path
 
-from imgpipe.data import fetch
+from imgpipe.data import FetchOptions, fetch
 from imgpipe.params import load_params
 from imgpipe.runner import run_stage
 
@@ -13,8 +14,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder to write the tree to")
     args = parser.parse_args()
 
-    params = load_params()
-    fetch(params.data.source, args.out)
+    data = load_params().data
+    fetch(data.source, args.out, FetchOptions(data.sha256, data.max_extract_bytes))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,14 @@ from pathlib import Path
 
 from imgpipe.io import write_json
 from imgpipe.params import load_params
-from imgpipe.preprocess import SPLITS, assign_splits, data_report, list_samples, write_split
+from imgpipe.preprocess import (
+    SPLITS,
+    assign_splits,
+    data_report,
+    list_samples,
+    worker_count,
+    write_split,
+)
 from imgpipe.runner import run_stage
 
 log = logging.getLogger("imgpipe.stages.preprocess")
@@ -23,7 +30,7 @@ def main() -> None:
     p = load_params().preprocess
     classes, found = list_samples(args.raw)
     splits = assign_splits(found, p.val_fraction, p.test_fraction, p.split_seed)
-    skipped = {
+    outcomes = {
         split: write_split(
             args.raw,
             splits[split],
@@ -31,12 +38,18 @@ def main() -> None:
             args.out / split,
             image_size=p.image_size,
             channels=p.channels,
+            workers=worker_count(p.workers),
         )
         for split in SPLITS
     }
-    report = data_report(classes, splits, skipped)
+    report = data_report(classes, splits, outcomes)
     write_json(args.report, report)
     log.info("images per split %s; %d skipped", report["totals"], report["skipped_count"])
+    if report["empty_classes"]:
+        log.warning("classes without a single usable image: %s", report["empty_classes"])
+    if report["duplicate_groups"]:
+        log.warning("%d images appear in more than one class or split; see %s",
+                    report["duplicate_groups"], args.report)  # fmt: skip
 
 
 if __name__ == "__main__":

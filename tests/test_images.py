@@ -56,3 +56,41 @@ def test_truncated_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "cut.png").write_bytes(whole[: len(whole) // 2])
     with pytest.raises(ImageDecodeError, match="cannot decode"):
         decode_image(tmp_path / "cut.png", 28, 1)
+
+
+def test_cmyk_and_progressive_jpeg() -> None:
+    cmyk = Image.new("CMYK", (40, 40), (0, 255, 255, 0))  # pure red in CMYK
+    decoded = decode_image(encode(cmyk, "JPEG"), 16, 3)
+    assert decoded[..., 0].mean() > 200 and decoded[..., 1].mean() < 60
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 40), (0, 0, 250)).save(buffer, format="JPEG", progressive=True)
+    assert decode_image(buffer.getvalue(), 16, 3)[..., 2].mean() > 200
+
+
+def test_exif_orientation_is_applied() -> None:
+    pixels = np.zeros((20, 40), dtype=np.uint8)
+    pixels[:, :20] = 255  # bright left half, stored landscape
+    image = Image.fromarray(pixels)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display": the bright half ends up on top
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", exif=exif.tobytes(), quality=95)
+    decoded = decode_image(buffer.getvalue(), 20, 1)[:, :, 0].astype(int)
+    assert decoded[:10].mean() > decoded[10:].mean() + 100
+
+
+def test_palette_with_transparency_and_animation_first_frame() -> None:
+    palette = Image.new("P", (10, 10), 1)
+    palette.putpalette([0, 0, 0, 255, 255, 255] + [0] * 762)
+    palette.info["transparency"] = 1
+    assert decode_image(encode(palette, "PNG"), 10, 1).max() == 0
+    frames = [Image.new("L", (10, 10), 250), Image.new("L", (10, 10), 5)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
+    assert decode_image(buffer.getvalue(), 10, 1).min() > 200
+
+
+def test_decompression_bomb_is_refused_before_decoding() -> None:
+    huge = Image.new("1", (9000, 9000))  # 81 Mpx, tiny as a 1-bit PNG
+    with pytest.raises(ImageDecodeError, match=r"9000x9000 pixels exceeds the limit"):
+        decode_image(encode(huge, "PNG"), 28, 1)

@@ -71,6 +71,12 @@ def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
     return result
 
 
+def restore_head(repo: Path) -> None:
+    """Back to the last commit: git's files, then the DVC outputs its dvc.lock names."""
+    git(repo, "checkout", "--", ".")
+    dvc(repo, "checkout", "--force")
+
+
 def stages_run(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
@@ -148,6 +154,7 @@ def test_experiment_with_new_lr_reruns_exactly_training_and_after(repo: Path) ->
     data = experiments[0]["revs"][0]["data"]
     assert data["params"]["params.yaml"]["data"]["lr"] == 0.0001
     assert "accuracy" in data["metrics"]["metrics/eval.json"]["data"]
+    restore_head(repo)  # `exp run` leaves the experiment's results in the workspace
 
 
 @pytest.mark.parametrize(
@@ -171,8 +178,7 @@ def test_bad_param_fails_before_work_with_the_key_named(
         (repo / "params.yaml").write_text(original)
     # DVC clears a stage's outputs before running it; the last good ones are still in git
     # (metrics) and in the DVC cache (models), so nothing is lost.
-    git(repo, "checkout", "--", "metrics")
-    dvc(repo, "checkout")
+    restore_head(repo)
     assert "up to date" in dvc(repo, "status").stdout
 
 

@@ -1,3 +1,4 @@
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -48,10 +49,10 @@ def test_broken_files_are_skipped_and_reported(image_folder: Path, tmp_path: Pat
     (image_folder / "right" / "notes.png").write_text("not an image")
     classes, found = list_samples(image_folder)
     samples = found[None]
-    skipped = write_split(
+    outcome = write_split(
         image_folder, samples, classes, tmp_path / "out" / "train", image_size=16, channels=1
     )
-    assert sorted((e["file"], e["reason"]) for e in skipped) == [
+    assert sorted((e["file"], e["reason"]) for e in outcome.skipped) == [
         ("left/empty.png", "empty file"),
         ("right/notes.png", "not an image (content not recognised)"),
     ]
@@ -61,7 +62,51 @@ def test_broken_files_are_skipped_and_reported(image_folder: Path, tmp_path: Pat
     assert np.bincount(split.labels).tolist() == [6, 6]
     assert "left/empty.png" not in split.files
 
-    report = data_report(classes, {"train": samples}, {"train": skipped})
+    report = data_report(classes, {"train": samples}, {"train": outcome})
     assert report["counts"] == {"train": {"left": 6, "right": 6}}
     assert report["skipped_count"] == 2
     assert report["empty_classes"] == []
+
+
+def test_parallel_decoding_writes_the_same_bytes(image_folder: Path, tmp_path: Path) -> None:
+    (image_folder / "right" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    classes, found = list_samples(image_folder)
+    one = write_split(
+        image_folder, found[None], classes, tmp_path / "one", image_size=8, channels=1
+    )
+    two = write_split(
+        image_folder, found[None], classes, tmp_path / "two", image_size=8, channels=1, workers=2
+    )
+    assert one == two
+    for name in ("images.npy", "labels.npy", "meta.json"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+
+
+def test_same_image_in_two_classes_or_splits_is_reported(
+    image_folder: Path, tmp_path: Path
+) -> None:
+    shutil.copyfile(image_folder / "left" / "000.png", image_folder / "right" / "copy.png")
+    classes, found = list_samples(image_folder)
+    splits = {"train": found[None][:-1], "test": found[None][-1:]}  # copy.png is last: test
+    shutil.copyfile(image_folder / "right" / "005.png", image_folder / "right" / "005b.png")
+    outcomes = {
+        split: write_split(image_folder, s, classes, tmp_path / split, image_size=8, channels=1)
+        for split, s in splits.items()
+    }
+    report = data_report(classes, splits, outcomes)
+    assert report["duplicate_groups"] == 1
+    leak = report["duplicates_across_classes_or_splits"][0]
+    assert leak["across"] == ["classes", "splits"]
+    assert [c["file"] for c in leak["copies"]] == ["left/000.png", "right/copy.png"]
+
+
+def test_empty_class_is_reported(image_folder: Path, tmp_path: Path) -> None:
+    (image_folder / "ghost").mkdir()
+    (image_folder / "ghost" / "bad.jpg").write_bytes(b"")
+    classes, found = list_samples(image_folder)
+    outcome = write_split(
+        image_folder, found[None], classes, tmp_path / "t", image_size=8, channels=1
+    )
+    assert data_report(classes, {"train": found[None]}, {"train": outcome})["empty_classes"] == [
+        "ghost"
+    ]

@@ -21,8 +21,8 @@ def run(seed: int, logger: Recorder | None = None) -> TrainResult:
         make_split(24, seed=1),
         make_split(8, seed=2),
         architecture="test_resnet",
-        epochs=3,
-        batch_size=16,
+        epochs=4,
+        batch_size=8,
         lr=3e-3,
         weight_decay=0.05,
         warmup_epochs=1,
@@ -38,7 +38,7 @@ def run(seed: int, logger: Recorder | None = None) -> TrainResult:
 def test_learns_logs_and_keeps_the_best_epoch() -> None:
     recorder = Recorder()
     result = run(seed=0, logger=recorder)
-    assert recorder.steps == 3
+    assert recorder.steps == 4
     assert {name for name, _ in recorder.metrics} == {
         "train/loss",
         "val/loss",

@@ -8,14 +8,18 @@ registered in :data:`SOURCES` under its prefix, so new kinds slot in without tou
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from imgpipe.archives import download, extract, unwrap_single_folder, verify_sha256
 from imgpipe.errors import ImgpipeError
 from imgpipe.io import atomic_path
 
@@ -35,35 +39,58 @@ def is_junk(name: str) -> bool:
     return name.startswith(".") or name in JUNK_NAMES
 
 
-Fetcher = Callable[[str, Path], None]
+@dataclass(frozen=True)
+class FetchOptions:
+    sha256: str | None = None  # expected checksum of an archive download
+    max_extract_bytes: int = 50 * 2**30  # refuse archives that expand beyond this
 
 
-def _fetch_builtin(name: str, destination: Path) -> None:
+Fetcher = Callable[[str, Path, FetchOptions], None]
+
+
+def _fetch_builtin(source: str, destination: Path, options: FetchOptions) -> None:
+    name = source.removeprefix("builtin:")
     if name != "mnist5k":
-        raise SourceError(
-            f"data.source: unknown built-in dataset 'builtin:{name}' (known: mnist5k)"
-        )
+        raise SourceError(f"data.source: unknown built-in dataset '{source}' (known: mnist5k)")
     write_mnist5k(destination)
 
 
-SOURCES: dict[str, Fetcher] = {"builtin:": _fetch_builtin}
+def _fetch_archive_url(url: str, destination: Path, options: FetchOptions) -> None:
+    """An archive (zip, tar, tar.gz/bz2/xz) over http(s), verified before it is unpacked."""
+    archive = destination / ".download"
+    try:
+        verify_sha256(download(url, archive), options.sha256, url)
+        extract(archive, destination, options.max_extract_bytes)
+    finally:
+        archive.unlink(missing_ok=True)
+    unwrap_single_folder(destination, keep=frozenset(SPLIT_ALIASES))
 
 
-def fetch(source: str, destination: Path) -> None:
+SOURCES: dict[str, Fetcher] = {
+    "builtin:": _fetch_builtin,
+    "https://": _fetch_archive_url,
+    "http://": _fetch_archive_url,
+}
+
+
+def fetch(source: str, destination: Path, options: FetchOptions | None = None) -> None:
     """Fetch ``source`` into ``destination`` as an ImageFolder tree, atomically.
 
     Args:
-        source: ``builtin:mnist5k`` or a path to a local ImageFolder (split or not).
+        source: ``builtin:mnist5k``, an ``https://`` archive URL, or a path to a local
+            ImageFolder (split or not).
         destination: the folder to create; replaced only once the fetch has completed.
+        options: checksum and extraction limits for archive sources.
 
     Raises:
         SourceError: naming the source and what was wrong with it.
     """
+    options = options or FetchOptions()
     with atomic_path(destination) as temporary:
         temporary.mkdir()
         for prefix, fetcher in SOURCES.items():
             if source.startswith(prefix):
-                fetcher(source.removeprefix(prefix), temporary)
+                fetcher(source, temporary, options)
                 break
         else:
             copy_image_folder(Path(source).expanduser(), temporary)
@@ -138,3 +165,88 @@ def split_folders(root: Path) -> dict[str, Path]:
 
 def _has_junk_part(path: Path, root: Path) -> bool:
     return any(is_junk(part) for part in path.relative_to(root).parts)
+
+
+def _fetch_gcs(url: str, destination: Path, options: FetchOptions) -> None:
+    """Every object under a ``gs://bucket/prefix``, through gcsfs (which ``dvc[gs]`` brings).
+
+    Credentials come from Application Default Credentials (Workload Identity, a key file in
+    ``GOOGLE_APPLICATION_CREDENTIALS``, ``gcloud auth application-default login``); with
+    ``STORAGE_EMULATOR_HOST`` set, the emulator is used anonymously.
+    """
+    # gcsfs's default class first probes the bucket type over gRPC (a 60 s stall against an
+    # emulator); the classic JSON-API filesystem is all a download needs.
+    from gcsfs.core import GCSFileSystem
+
+    token = "anon" if os.environ.get("STORAGE_EMULATOR_HOST") else None
+    filesystem = GCSFileSystem(token=token)
+    prefix = url.removeprefix("gs://").rstrip("/")
+    try:
+        remote_files = sorted(filesystem.find(prefix))
+    except (OSError, ValueError) as error:
+        raise SourceError(f"data.source: {url}: {error}") from None
+    for remote in tqdm(remote_files, desc=f"download {url}", unit="file"):
+        relative = PurePosixPath(remote).relative_to(prefix)
+        if ".." in relative.parts or any(is_junk(part) for part in relative.parts):
+            continue
+        target = destination.joinpath(*relative.parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        filesystem.get_file(remote, str(target))
+    unwrap_single_folder(destination, keep=frozenset(SPLIT_ALIASES))
+
+
+def _fetch_hugging_face(source: str, destination: Path, options: FetchOptions) -> None:
+    """A Hugging Face Hub dataset with an image column and a class-label column."""
+    try:
+        import datasets
+    except ImportError:
+        raise SourceError(
+            f"data.source: '{source}' needs the optional Hugging Face support: "
+            "pip install 'imgpipe[hf]' (the `datasets` package)"
+        ) from None
+    name = source.removeprefix("hf:")
+    try:
+        loaded = datasets.load_dataset(name)
+    except Exception as error:  # the hub client raises many kinds; all mean "not loadable"
+        raise SourceError(
+            f"data.source: cannot load Hugging Face dataset '{name}': {error}"
+        ) from None
+    write_hf_dataset(loaded, destination)
+
+
+HF_SPLITS = {"train": "train", "validation": "val", "valid": "val", "val": "val", "test": "test"}
+
+
+def write_hf_dataset(dataset: Any, destination: Path) -> None:
+    """Write a ``datasets.DatasetDict`` (or one ``Dataset``) as an ImageFolder tree.
+
+    The first ``Image`` feature holds the pixels and the first ``ClassLabel`` feature the label;
+    its names become the class folders. Hub splits named train/validation/test are kept;
+    a single split is written unsplit so that preprocess splits it.
+    """
+    import datasets
+
+    parts = dict(dataset) if isinstance(dataset, datasets.DatasetDict) else {"train": dataset}
+    known = {name: part for name, part in parts.items() if name.lower() in HF_SPLITS}
+    if not known:
+        raise SourceError(f"data.source: no train/validation/test split among {sorted(parts)}")
+    for split, part in known.items():
+        features = part.features
+        image_column = next((c for c, f in features.items() if isinstance(f, datasets.Image)), None)
+        label_column = next(
+            (c for c, f in features.items() if isinstance(f, datasets.ClassLabel)), None
+        )
+        if image_column is None or label_column is None:
+            raise SourceError(
+                f"data.source: split '{split}' needs an Image and a ClassLabel column; "
+                f"it has {dict(features)}"
+            )
+        names = features[label_column].names
+        root = destination / HF_SPLITS[split.lower()] if len(known) > 1 else destination
+        for index, row in enumerate(tqdm(part, desc=f"write {split}", unit="img")):
+            folder = root / names[row[label_column]]
+            folder.mkdir(parents=True, exist_ok=True)
+            row[image_column].save(folder / f"{index:06d}.png")
+
+
+SOURCES.update({"gs://": _fetch_gcs, "hf:": _fetch_hugging_face})

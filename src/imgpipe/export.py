@@ -70,12 +70,24 @@ def export_onnx(
     if program is None:  # only the legacy exporter returns None
         raise ImgpipeError("torch.onnx.export returned no program")
     proto = program.model_proto
+    _drop_stack_traces(proto)
     entry = proto.metadata_props.add()
     entry.key = METADATA_KEY
     entry.value = json.dumps({**meta.to_dict(), **provenance}, sort_keys=True)
     proto.producer_name = "imgpipe"
     onnx.checker.check_model(proto)
     onnx.save_model(proto, destination, save_as_external_data=False)
+
+
+def _drop_stack_traces(proto: onnx.ModelProto) -> None:
+    """The exporter records each node's Python stack trace, absolute paths included: that made
+    the file differ between two checkouts of the same commit. Everything else is kept."""
+    graphs = [proto.graph, *proto.functions]
+    for graph in graphs:
+        for node in graph.node:
+            kept = [p for p in node.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
+            del node.metadata_props[:]
+            node.metadata_props.extend(kept)
 
 
 def open_session(path: Path, threads: int = 0) -> Any:

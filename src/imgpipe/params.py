@@ -29,6 +29,7 @@ class _Section(BaseModel):
 class DataParams(_Section):
     source: str = Field(min_length=1)
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+    max_extract_bytes: int = Field(gt=0)
 
 
 class PreprocessParams(_Section):
@@ -37,6 +38,7 @@ class PreprocessParams(_Section):
     val_fraction: float = Field(gt=0, lt=1)
     test_fraction: float = Field(gt=0, lt=1)
     split_seed: int = Field(ge=0)
+    workers: int = Field(ge=0)
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> PreprocessParams:

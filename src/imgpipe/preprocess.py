@@ -7,8 +7,13 @@ incrementally through a memory map, so memory stays bounded), ``labels.npy`` (in
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import multiprocessing
+import os
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,6 +134,20 @@ def _order(sample: Sample) -> tuple[int, str]:
     return sample.label, sample.path.as_posix()
 
 
+@dataclass
+class SplitOutcome:
+    """What writing one split found: the files skipped (with reasons) and a content digest of
+    every image kept, for finding the same image in two classes or splits."""
+
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    digests: dict[str, str] = field(default_factory=dict)  # file -> digest of decoded pixels
+
+
+def worker_count(requested: int) -> int:
+    """``0`` means every core this process may use."""
+    return requested or len(os.sched_getaffinity(0))
+
+
 def write_split(
     raw_root: Path,
     samples: list[Sample],
@@ -137,9 +156,15 @@ def write_split(
     *,
     image_size: int,
     channels: int,
-) -> list[dict[str, str]]:
-    """Decode, resize and write one split; return the files skipped, each with its reason."""
-    skipped: list[dict[str, str]] = []
+    workers: int = 1,
+) -> SplitOutcome:
+    """Decode, resize and write one split, decoding on ``workers`` processes.
+
+    Rows are written in sample order through a memory map as they arrive, so memory stays
+    bounded by a few images per worker whatever the dataset's size.
+    """
+    outcome = SplitOutcome()
+    jobs = [(raw_root / sample.path, image_size, channels) for sample in samples]
     with atomic_path(destination) as temporary:
         temporary.mkdir()
         images = np.lib.format.open_memmap(
@@ -150,22 +175,81 @@ def write_split(
         )
         labels: list[int] = []
         files: list[str] = []
-        for sample in tqdm(samples, desc=f"preprocess {destination.name}", unit="img"):
-            try:
-                pixels = decode_image(raw_root / sample.path, image_size, channels)
-            except ImageDecodeError as reason:
-                skipped.append({"file": sample.path.as_posix(), "reason": str(reason)})
-                continue
-            images[len(labels)] = pixels
-            labels.append(sample.label)
-            files.append(sample.path.as_posix())
+        with _decoder(workers) as decode_all:
+            results = decode_all(_decode_job, jobs)
+            progress = tqdm(
+                results, total=len(jobs), desc=f"preprocess {destination.name}", unit="img"
+            )
+            for sample, (pixels, detail) in zip(samples, progress, strict=True):
+                file = sample.path.as_posix()
+                if pixels is None:
+                    outcome.skipped.append({"file": file, "reason": detail})
+                    continue
+                images[len(labels)] = pixels
+                labels.append(sample.label)
+                files.append(file)
+                outcome.digests[file] = detail
         images.flush()
         del images
-        if skipped:  # drop the unused tail rows reserved for skipped files
+        if outcome.skipped:  # drop the unused tail rows reserved for skipped files
             _truncate_rows(temporary / "images.npy", len(labels))
         np.save(temporary / "labels.npy", np.asarray(labels, dtype=np.int64))
         write_json(temporary / "meta.json", {"classes": classes, "files": files})
-    return skipped
+    return outcome
+
+
+_Job = tuple[Path, int, int]
+_Result = tuple[np.ndarray | None, str]
+
+
+def _decode_job(job: _Job) -> _Result:
+    """Pixels and their digest, or ``None`` and the reason the file was skipped."""
+    path, size, channels = job
+    try:
+        pixels = decode_image(path, size, channels)
+    except ImageDecodeError as reason:
+        return None, str(reason)
+    except OSError as error:  # unreadable: permissions, vanished, a folder named like a file
+        return None, f"cannot read: {error.strerror or error}"
+    return pixels, hashlib.blake2b(pixels.tobytes(), digest_size=16).hexdigest()
+
+
+@contextmanager
+def _decoder(
+    workers: int,
+) -> Iterator[Callable[[Callable[[_Job], _Result], list[_Job]], Iterable[_Result]]]:
+    """``map`` in this process for one worker, else an ordered, lazy ``imap`` over a pool."""
+    if workers <= 1:
+        yield map
+        return
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        yield lambda function, jobs: pool.imap(function, jobs, chunksize=16)
+
+
+def find_leaks(
+    outcomes: dict[str, SplitOutcome], samples: dict[str, list[Sample]], classes: list[str]
+) -> list[dict[str, Any]]:
+    """Groups of identical images (same decoded pixels) that sit in more than one class or split.
+
+    Such duplicates leak test answers into training or teach contradictory labels.
+    """
+    label_of = {s.path.as_posix(): classes[s.label] for split in samples.values() for s in split}
+    where: dict[str, list[dict[str, str]]] = {}
+    for split, outcome in outcomes.items():
+        for file, digest in outcome.digests.items():
+            where.setdefault(digest, []).append(
+                {"split": split, "class": label_of[file], "file": file}
+            )
+    leaks = []
+    for copies in where.values():
+        kinds = []
+        if len({c["class"] for c in copies}) > 1:
+            kinds.append("classes")
+        if len({c["split"] for c in copies}) > 1:
+            kinds.append("splits")
+        if kinds:
+            leaks.append({"across": kinds, "copies": sorted(copies, key=lambda c: c["file"])})
+    return sorted(leaks, key=lambda leak: leak["copies"][0]["file"])
 
 
 def _truncate_rows(path: Path, rows: int) -> None:
@@ -196,23 +280,29 @@ def load_split(folder: Path) -> SplitArrays:
 def data_report(
     classes: list[str],
     splits: dict[str, list[Sample]],
-    skipped: dict[str, list[dict[str, str]]],
+    outcomes: dict[str, SplitOutcome],
 ) -> dict[str, Any]:
-    """Counts per class and split (after skipping), and every skipped file with its reason."""
-    skipped_files = {entry["file"] for entries in skipped.values() for entry in entries}
+    """Counts per class and split (after skipping), every skipped file with its reason, empty
+    classes, and identical images found in more than one class or split."""
     counts: dict[str, dict[str, int]] = {}
     for split, samples in splits.items():
-        kept = Counter(s.label for s in samples if s.path.as_posix() not in skipped_files)
-        counts[split] = {name: kept.get(i, 0) for i, name in enumerate(classes)}
+        kept = set(outcomes[split].digests)
+        per_class = Counter(s.label for s in samples if s.path.as_posix() in kept)
+        counts[split] = {name: per_class.get(i, 0) for i, name in enumerate(classes)}
     empty = sorted(name for name in classes if not any(c[name] for c in counts.values()))
+    skipped = [
+        {"split": split, **entry}
+        for split, outcome in outcomes.items()
+        for entry in outcome.skipped
+    ]
+    leaks = find_leaks(outcomes, splits, classes)
     return {
         "classes": classes,
         "counts": counts,
         "totals": {split: sum(c.values()) for split, c in counts.items()},
         "empty_classes": empty,
-        "skipped": sorted(
-            ({"split": split, **entry} for split, entries in skipped.items() for entry in entries),
-            key=lambda entry: entry["file"],
-        ),
-        "skipped_count": len(skipped_files),
+        "skipped": sorted(skipped, key=lambda entry: entry["file"]),
+        "skipped_count": len(skipped),
+        "duplicates_across_classes_or_splits": leaks,
+        "duplicate_groups": len(leaks),
     }
