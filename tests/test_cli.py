@@ -59,3 +59,19 @@ def test_stage_scripts_explain_themselves(script: str) -> None:
     )
     assert result.stdout.startswith("usage:")
     assert "Stage" in result.stdout
+
+
+def test_bench_preprocess_reports_ratios(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bench.json"
+    arguments = ["--images", "24", "--size", "40", "--target", "32", "--workers", "2"]
+    files = ["--folder", str(tmp_path / "jpegs"), "--output", str(out)]
+    code = main(["bench", "preprocess", *arguments, *files])
+    assert code == 0
+    results = json.loads(out.read_text())
+    assert results["images"] == 24
+    assert results["all_workers"]["workers"] == 2
+    assert results["one_worker"]["array_bytes"] == 24 * 32 * 32 * 3 + 128  # npy header: 128 B
+    assert results["speedup"] > 0
+    assert results["all_workers"]["peak_rss_bytes"] > results["all_workers"]["array_bytes"]

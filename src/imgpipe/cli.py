@@ -63,6 +63,24 @@ def predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def bench_preprocess(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from imgpipe.bench import bench_preprocess as run
+    from imgpipe.io import write_json
+
+    with tempfile.TemporaryDirectory(prefix="imgpipe-bench-") as scratch:
+        folder = args.folder or Path(scratch) / "jpegs"
+        results = run(
+            folder, Path(scratch) / "arrays",
+            count=args.images, size=args.size, target=args.target, workers=args.workers,
+        )  # fmt: skip
+    print(json.dumps(results, indent=2))
+    if args.output:
+        write_json(args.output, results)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imgpipe",
@@ -85,6 +103,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--model", type=Path, default=DEFAULT_ONNX, help="ONNX file")
     sub.add_argument("--top-k", type=int, default=3, help="classes to print per image")
     sub.set_defaults(handler=predict)
+
+    bench = commands.add_parser("bench", help="benchmarks printing ratios from one run")
+    benches = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    sub = benches.add_parser(
+        "preprocess",
+        help="decode+resize throughput, all cores vs one worker; peak memory vs array size",
+    )
+    sub.add_argument("--images", type=int, default=20_000, help="synthetic JPEGs to decode")
+    sub.add_argument("--size", type=int, default=256, help="side of the synthetic JPEGs")
+    sub.add_argument("--target", type=int, default=224, help="side to resize to")
+    sub.add_argument("--workers", type=int, default=0, help="parallel run's processes (0: all)")
+    sub.add_argument("--folder", type=Path, help="reuse/keep the synthetic JPEGs here")
+    sub.add_argument("--output", type=Path, help="also write the figures to this JSON file")
+    sub.set_defaults(handler=bench_preprocess)
     return parser
 
 

@@ -160,58 +160,101 @@ def write_split(
 ) -> SplitOutcome:
     """Decode, resize and write one split, decoding on ``workers`` processes.
 
-    Rows are written in sample order through a memory map as they arrive, so memory stays
-    bounded by a few images per worker whatever the dataset's size.
+    Each worker writes the rows it decodes straight into ``images.npy`` at their offsets, so
+    only a digest or a skip reason crosses between processes, and no process maps or holds
+    the array: memory stays flat whatever the dataset's size.
     """
     outcome = SplitOutcome()
-    jobs = [(raw_root / sample.path, image_size, channels) for sample in samples]
+    row_shape = (image_size, image_size, channels)
     with atomic_path(destination) as temporary:
         temporary.mkdir()
-        images = np.lib.format.open_memmap(
-            temporary / "images.npy",
-            mode="w+",
-            dtype=np.uint8,
-            shape=(len(samples), image_size, image_size, channels),
-        )
+        array = temporary / "images.npy"
+        header = _write_npy_header(array, (len(samples), *row_shape))
+        row_bytes = int(np.prod(row_shape))
+        jobs = [
+            (raw_root / s.path, image_size, channels, array, header + i * row_bytes)
+            for i, s in enumerate(samples)
+        ]
+        kept_rows: list[int] = []
         labels: list[int] = []
         files: list[str] = []
         with _decoder(workers) as decode_all:
-            results = decode_all(_decode_job, jobs)
-            progress = tqdm(
-                results, total=len(jobs), desc=f"preprocess {destination.name}", unit="img"
+            results = tqdm(
+                decode_all(_decode_job, jobs),
+                total=len(jobs),
+                desc=f"preprocess {destination.name}",
+                unit="img",
             )
-            for sample, (pixels, detail) in zip(samples, progress, strict=True):
+            for row, (sample, (written, detail)) in enumerate(zip(samples, results, strict=True)):
                 file = sample.path.as_posix()
-                if pixels is None:
+                if not written:
                     outcome.skipped.append({"file": file, "reason": detail})
                     continue
-                images[len(labels)] = pixels
+                kept_rows.append(row)
                 labels.append(sample.label)
                 files.append(file)
                 outcome.digests[file] = detail
-        images.flush()
-        del images
-        if outcome.skipped:  # drop the unused tail rows reserved for skipped files
-            _truncate_rows(temporary / "images.npy", len(labels))
+        if outcome.skipped:
+            _compact_rows(array, header, row_bytes, kept_rows, row_shape)
         np.save(temporary / "labels.npy", np.asarray(labels, dtype=np.int64))
         write_json(temporary / "meta.json", {"classes": classes, "files": files})
     return outcome
 
 
-_Job = tuple[Path, int, int]
-_Result = tuple[np.ndarray | None, str]
+_Job = tuple[Path, int, int, Path, int]
+_Result = tuple[bool, str]
 
 
 def _decode_job(job: _Job) -> _Result:
-    """Pixels and their digest, or ``None`` and the reason the file was skipped."""
-    path, size, channels = job
+    """Decode one image and write it at its offset: ``(True, digest)`` or ``(False, reason)``."""
+    path, size, channels, array, offset = job
     try:
         pixels = decode_image(path, size, channels)
     except ImageDecodeError as reason:
-        return None, str(reason)
+        return False, str(reason)
     except OSError as error:  # unreadable: permissions, vanished, a folder named like a file
-        return None, f"cannot read: {error.strerror or error}"
-    return pixels, hashlib.blake2b(pixels.tobytes(), digest_size=16).hexdigest()
+        return False, f"cannot read: {error.strerror or error}"
+    data = pixels.tobytes()
+    with array.open("r+b") as handle:
+        handle.seek(offset)
+        handle.write(data)
+    return True, hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _write_npy_header(path: Path, shape: tuple[int, ...]) -> int:
+    """Create ``path`` as a uint8 ``.npy`` of ``shape`` (sparse, zero-filled); return the header
+    length. The header is padded generously so a smaller row count can be written over it."""
+    text = repr({"descr": "|u1", "fortran_order": False, "shape": shape}).encode()
+    length = -(-(len(_NPY_MAGIC) + 2 + len(text) + 32) // 64) * 64
+    with path.open("wb") as handle:
+        handle.write(_npy_header_bytes(text, length))
+        handle.truncate(length + int(np.prod(shape)))
+    return length
+
+
+_NPY_MAGIC = b"\x93NUMPY\x01\x00"
+
+
+def _npy_header_bytes(text: bytes, length: int) -> bytes:
+    body = text.ljust(length - len(_NPY_MAGIC) - 2 - 1) + b"\n"
+    return _NPY_MAGIC + len(body).to_bytes(2, "little") + body
+
+
+def _compact_rows(
+    path: Path, header: int, row_bytes: int, kept: list[int], row_shape: tuple[int, ...]
+) -> None:
+    """Move the kept rows together (skipped files left gaps), fix the header, cut the tail."""
+    with path.open("r+b") as handle:
+        for new, old in enumerate(kept):
+            if new != old:
+                handle.seek(header + old * row_bytes)
+                row = handle.read(row_bytes)
+                handle.seek(header + new * row_bytes)
+                handle.write(row)
+        text = repr({"descr": "|u1", "fortran_order": False, "shape": (len(kept), *row_shape)})
+        handle.seek(0)
+        handle.write(_npy_header_bytes(text.encode(), header))
+        handle.truncate(header + len(kept) * row_bytes)
 
 
 @contextmanager
@@ -223,7 +266,7 @@ def _decoder(
         yield map
         return
     with multiprocessing.get_context("fork").Pool(workers) as pool:
-        yield lambda function, jobs: pool.imap(function, jobs, chunksize=16)
+        yield lambda function, jobs: pool.imap(function, jobs, chunksize=32)
 
 
 def find_leaks(
@@ -250,17 +293,6 @@ def find_leaks(
         if kinds:
             leaks.append({"across": kinds, "copies": sorted(copies, key=lambda c: c["file"])})
     return sorted(leaks, key=lambda leak: leak["copies"][0]["file"])
-
-
-def _truncate_rows(path: Path, rows: int) -> None:
-    full = np.load(path, mmap_mode="r")
-    kept = np.lib.format.open_memmap(
-        path.with_suffix(".part.npy"), mode="w+", dtype=full.dtype, shape=(rows, *full.shape[1:])
-    )
-    kept[:] = full[:rows]
-    kept.flush()
-    del full, kept
-    path.with_suffix(".part.npy").replace(path)
 
 
 def load_split(folder: Path) -> SplitArrays:
