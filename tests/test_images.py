@@ -94,3 +94,11 @@ def test_decompression_bomb_is_refused_before_decoding() -> None:
     huge = Image.new("1", (9000, 9000))  # 81 Mpx, tiny as a 1-bit PNG
     with pytest.raises(ImageDecodeError, match=r"9000x9000 pixels exceeds the limit"):
         decode_image(encode(huge, "PNG"), 28, 1)
+
+
+def test_sixteen_bit_tiff_and_grey_with_alpha() -> None:
+    ramp = np.linspace(0, 60000, 16 * 16, dtype=np.uint16).reshape(16, 16)
+    decoded = decode_image(encode(Image.fromarray(ramp), "TIFF"), 16, 1)
+    assert decoded.max() == 255 and decoded.min() == 0  # scaled to 8 bits, not clipped
+    grey_alpha = Image.new("LA", (8, 8), (200, 255))
+    assert decode_image(encode(grey_alpha, "PNG"), 8, 3).min() == 200
