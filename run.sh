@@ -51,7 +51,11 @@ fi
 ensure_env
 export PATH="$PWD/$venv/bin:$PATH"
 case "$task" in
-  repro) exec dvc repro "$@" ;;
+  repro)
+    # DVC only reruns stages whose declared keys changed; a stray key would go unnoticed.
+    imgpipe check-params
+    exec dvc repro "$@"
+    ;;
   test)
     pre-commit run --all-files --show-diff-on-failure
     exec python -m pytest -m "slow or not slow" "$@"

@@ -63,6 +63,24 @@ def predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def drift(args: argparse.Namespace) -> int:
+    """Exit 1 when drift is detected, so CI jobs and alerts can act on it."""
+    from imgpipe.drift import run_drift
+
+    result = run_drift(
+        args.current, args.reference, args.model, args.out,
+        drift_share=args.drift_share, embedding_threshold=args.embedding_threshold,
+    )  # fmt: skip
+    summary = result.summary
+    print(
+        f"drift {'DETECTED' if result.drifted else 'not detected'}: "
+        f"{summary['features']['drifted_share']:.0%} of features drifted "
+        f"(limit {args.drift_share:.0%}), embedding ROC AUC {summary['embedding']['score']:.3f} "
+        f"(limit {args.embedding_threshold}); report: {args.out / 'report.html'}"
+    )
+    return 1 if result.drifted else 0
+
+
 def bench_preprocess(args: argparse.Namespace) -> int:
     import tempfile
 
@@ -103,6 +121,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--model", type=Path, default=DEFAULT_ONNX, help="ONNX file")
     sub.add_argument("--top-k", type=int, default=3, help="classes to print per image")
     sub.set_defaults(handler=predict)
+
+    sub = commands.add_parser(
+        "drift",
+        help="compare images or logged features against the drift baseline (exit 1 on drift)",
+    )
+    sub.add_argument(
+        "--current", type=Path, required=True,
+        help="a folder of images, or a .parquet/.csv/.jsonl table of logged features",
+    )  # fmt: skip
+    sub.add_argument(
+        "--reference", type=Path, default=Path("data/drift_baseline/reference.parquet"),
+        help="reference table written by the drift-baseline stage",
+    )  # fmt: skip
+    sub.add_argument("--model", type=Path, default=DEFAULT_ONNX, help="ONNX model")
+    sub.add_argument("--out", type=Path, default=Path("reports/drift"),
+                     help="folder for report.html (Evidently) and drift.json")  # fmt: skip
+    sub.add_argument("--drift-share", type=float, default=0.5,
+                     help="share of drifting features that counts as drift")  # fmt: skip
+    sub.add_argument("--embedding-threshold", type=float, default=0.55,
+                     help="ROC AUC of a reference-vs-current classifier on embeddings above "
+                     "which the embeddings count as drifted")  # fmt: skip
+    sub.set_defaults(handler=drift)
 
     bench = commands.add_parser("bench", help="benchmarks printing ratios from one run")
     benches = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
