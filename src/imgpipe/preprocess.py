@@ -1,7 +1,7 @@
 """The ``preprocess`` stage's library: ImageFolder tree -> split, decoded, resized uint8 arrays.
 
-Each split is written to ``<out>/<split>/`` as ``images.npy`` (``N x H x W x C`` uint8, written
-incrementally through a memory map, so memory stays bounded), ``labels.npy`` (int64) and
+Each split is written to ``<out>/<split>/`` as ``images.npy`` (``N x H x W x C`` uint8, each row
+written to its offset by the decoding worker, so memory stays flat), ``labels.npy`` (int64) and
 ``meta.json`` (class names and the source file of every row).
 """
 
