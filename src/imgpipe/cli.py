@@ -81,6 +81,26 @@ def drift(args: argparse.Namespace) -> int:
     return 1 if result.drifted else 0
 
 
+def report(args: argparse.Namespace) -> int:
+    from imgpipe.report import write_report
+
+    print(write_report(Path.cwd(), args.base, args.out))
+    return 0
+
+
+def check_metrics(args: argparse.Namespace) -> int:
+    """Exit 1 when the workspace's metrics moved beyond the tolerance from ``--against``."""
+    from imgpipe.report import metric_changes, metric_drift
+
+    moved = metric_drift(metric_changes(Path.cwd(), args.against), args.tolerance, args.key)
+    for change in moved:
+        print(f"{change.file}: {change.key}: {change.old} -> {change.new} "
+              f"(tolerance {args.tolerance:g})")  # fmt: skip
+    if not moved:
+        print(f"metrics match {args.against} within {args.tolerance:g}")
+    return 1 if moved else 0
+
+
 def bench_preprocess(args: argparse.Namespace) -> int:
     import tempfile
 
@@ -143,6 +163,26 @@ def build_parser() -> argparse.ArgumentParser:
                      help="ROC AUC of a reference-vs-current classifier on embeddings above "
                      "which the embeddings count as drifted")  # fmt: skip
     sub.set_defaults(handler=drift)
+
+    sub = commands.add_parser(
+        "report", help="markdown for a PR comment: metrics/params diff and plots vs a base rev"
+    )
+    sub.add_argument("--base", required=True, help="git revision to compare against")
+    sub.add_argument("--out", type=Path, default=Path("reports/pr"),
+                     help="folder for report.md and plots/*.png")  # fmt: skip
+    sub.set_defaults(handler=report)
+
+    sub = commands.add_parser(
+        "check-metrics", help="exit 1 when metrics differ from a revision's beyond a tolerance"
+    )
+    sub.add_argument("--against", required=True, help="git revision holding the expected metrics")
+    sub.add_argument(
+        "--tolerance", type=float, default=0.01,
+        help="largest absolute difference accepted (GPU runs are not bit-identical)",
+    )  # fmt: skip
+    sub.add_argument("--key", action="append", default=[],
+                     help="regex of metric keys to check (repeatable; default: all)")  # fmt: skip
+    sub.set_defaults(handler=check_metrics)
 
     bench = commands.add_parser("bench", help="benchmarks printing ratios from one run")
     benches = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
