@@ -26,7 +26,10 @@ find_python() {
 
 ensure_env() {
   local stamp="$venv/.imgpipe-lock-sha256" want
-  want=$(sha256sum "$lock" pyproject.toml | sha256sum | cut -d' ' -f1)
+  # Hash with Python: sha256sum is not on every system (macOS has shasum instead).
+  want=$("$(find_python)" -c 'import hashlib, sys
+print(hashlib.sha256(b"".join(open(f, "rb").read() for f in sys.argv[1:])).hexdigest())' \
+    "$lock" pyproject.toml)
   if [[ -x "$venv/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
     return
   fi
