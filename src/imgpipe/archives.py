@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
 import stat
 import tarfile
 import time
@@ -169,18 +168,3 @@ def _check_zip_member(member: zipfile.ZipInfo, root: Path) -> None:
         raise _refuse(name, "not a regular file or folder")
     if not (root / path).resolve().is_relative_to(root):
         raise _refuse(name, "path leaves the target folder")
-
-
-def unwrap_single_folder(root: Path, keep: frozenset[str] = frozenset()) -> None:
-    """Archives often hold one top folder (``dataset/<class>/...``): move its content up,
-    unless that folder's name (lower-cased) is in ``keep`` (e.g. a lone ``train/`` split)."""
-    while True:
-        entries = [p for p in root.iterdir() if not p.name.startswith((".", "__MACOSX"))]
-        if len(entries) != 1 or not entries[0].is_dir() or entries[0].name.lower() in keep:
-            return
-        only = entries[0]
-        inner = only.with_name(f".{only.name}.unwrap")
-        only.rename(inner)
-        for child in inner.iterdir():
-            shutil.move(str(child), str(root / child.name))
-        inner.rmdir()

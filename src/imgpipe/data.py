@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from imgpipe.archives import download, extract, unwrap_single_folder, verify_sha256
+from imgpipe.archives import download, extract, verify_sha256
 from imgpipe.errors import ImgpipeError
 from imgpipe.io import atomic_path
 
@@ -63,7 +63,7 @@ def _fetch_archive_url(url: str, destination: Path, options: FetchOptions) -> No
         extract(archive, destination, options.max_extract_bytes)
     finally:
         archive.unlink(missing_ok=True)
-    unwrap_single_folder(destination, keep=frozenset(SPLIT_ALIASES))
+    unwrap_single_folder(destination)
 
 
 SOURCES: dict[str, Fetcher] = {
@@ -118,7 +118,7 @@ def copy_image_folder(source: Path, destination: Path) -> None:
             f"data.source: '{source}' is not a folder, and not a known source "
             f"(prefixes: {', '.join(SOURCES)})"
         )
-    files = [p for p in sorted(source.rglob("*")) if p.is_file() and not _has_junk_part(p, source)]
+    files = [p for p in sorted(source.rglob("*")) if p.is_file() and not has_junk_part(p, source)]
     for path in tqdm(files, desc=f"copy {source.name}", unit="file"):
         target = destination / path.relative_to(source)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -163,8 +163,24 @@ def split_folders(root: Path) -> dict[str, Path]:
     return {SPLIT_ALIASES[p.name.lower()]: p for p in sorted(folders)}
 
 
-def _has_junk_part(path: Path, root: Path) -> bool:
+def has_junk_part(path: Path, root: Path) -> bool:
+    """Whether ``path`` is, or lies under, OS junk below ``root``."""
     return any(is_junk(part) for part in path.relative_to(root).parts)
+
+
+def unwrap_single_folder(root: Path) -> None:
+    """Archives and buckets often hold one top folder (``dataset/<class>/...``): move its
+    content up, unless it is a split folder (a lone ``train/``)."""
+    while True:
+        entries = [p for p in root.iterdir() if not is_junk(p.name)]
+        if len(entries) != 1 or not entries[0].is_dir() or entries[0].name.lower() in SPLIT_ALIASES:
+            return
+        only = entries[0]
+        inner = only.with_name(f".{only.name}.unwrap")
+        only.rename(inner)
+        for child in inner.iterdir():
+            shutil.move(str(child), str(root / child.name))
+        inner.rmdir()
 
 
 def _fetch_gcs(url: str, destination: Path, options: FetchOptions) -> None:
@@ -192,7 +208,7 @@ def _fetch_gcs(url: str, destination: Path, options: FetchOptions) -> None:
         target = destination.joinpath(*relative.parts)
         target.parent.mkdir(parents=True, exist_ok=True)
         filesystem.get_file(remote, str(target))
-    unwrap_single_folder(destination, keep=frozenset(SPLIT_ALIASES))
+    unwrap_single_folder(destination)
 
 
 def _fetch_hugging_face(source: str, destination: Path, options: FetchOptions) -> None:

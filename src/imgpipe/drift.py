@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from imgpipe.data import is_junk
+from imgpipe.data import has_junk_part
 from imgpipe.errors import ImgpipeError
 from imgpipe.features import STATISTIC_COLUMNS, OnnxClassifier, feature_table
 from imgpipe.images import ImageDecodeError, decode_image
@@ -58,7 +58,7 @@ def _features_of_folder(folder: Path, classifier: OnnxClassifier) -> pd.DataFram
     size, channels = int(classifier.meta["image_size"]), int(classifier.meta["channels"])
     decoded, skipped = [], 0
     for path in sorted(folder.rglob("*")):
-        if not path.is_file() or any(is_junk(p) for p in path.relative_to(folder).parts):
+        if not path.is_file() or has_junk_part(path, folder):
             continue
         try:
             decoded.append(decode_image(path, size, channels))

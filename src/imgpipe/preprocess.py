@@ -22,7 +22,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
-from imgpipe.data import is_junk, split_folders
+from imgpipe.data import has_junk_part, is_junk, split_folders
 from imgpipe.errors import ImgpipeError
 from imgpipe.images import ImageDecodeError, decode_image
 from imgpipe.io import atomic_path, read_json, write_json
@@ -85,7 +85,7 @@ def list_samples(root: Path) -> tuple[list[str], dict[str | None, list[Sample]]]
             for class_dir in sorted(split_root.iterdir())
             if class_dir.is_dir() and not is_junk(class_dir.name)
             for path in sorted(class_dir.rglob("*"))
-            if path.is_file() and not any(is_junk(p) for p in path.relative_to(root).parts)
+            if path.is_file() and not has_junk_part(path, root)
         ]
     return classes, samples
 
@@ -224,7 +224,7 @@ def _decode_job(job: _Job) -> _Result:
 def _write_npy_header(path: Path, shape: tuple[int, ...]) -> int:
     """Create ``path`` as a uint8 ``.npy`` of ``shape`` (sparse, zero-filled); return the header
     length. The header is padded generously so a smaller row count can be written over it."""
-    text = repr({"descr": "|u1", "fortran_order": False, "shape": shape}).encode()
+    text = _npy_header_text(shape)
     length = -(-(len(_NPY_MAGIC) + 2 + len(text) + 32) // 64) * 64
     with path.open("wb") as handle:
         handle.write(_npy_header_bytes(text, length))
@@ -233,6 +233,10 @@ def _write_npy_header(path: Path, shape: tuple[int, ...]) -> int:
 
 
 _NPY_MAGIC = b"\x93NUMPY\x01\x00"
+
+
+def _npy_header_text(shape: tuple[int, ...]) -> bytes:
+    return repr({"descr": "|u1", "fortran_order": False, "shape": shape}).encode()
 
 
 def _npy_header_bytes(text: bytes, length: int) -> bytes:
@@ -251,9 +255,8 @@ def _compact_rows(
                 row = handle.read(row_bytes)
                 handle.seek(header + new * row_bytes)
                 handle.write(row)
-        text = repr({"descr": "|u1", "fortran_order": False, "shape": (len(kept), *row_shape)})
         handle.seek(0)
-        handle.write(_npy_header_bytes(text.encode(), header))
+        handle.write(_npy_header_bytes(_npy_header_text((len(kept), *row_shape)), header))
         handle.truncate(header + len(kept) * row_bytes)
 
 
