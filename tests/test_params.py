@@ -73,3 +73,12 @@ def test_bad_yaml_and_missing_file(tmp_path: Path) -> None:
     broken.write_text("lr: [1,\n")
     with pytest.raises(ParamsError, match=r"broken\.yaml: not valid YAML"):
         load_params(broken)
+
+
+def test_check_across_keys_names_both() -> None:
+    raw = committed()
+    raw["epochs"] = 1
+    raw["warmup_epochs"] = 1
+    with pytest.raises(ParamsError) as error:
+        parse_params(raw, "params.yaml")
+    assert str(error.value) == ("params.yaml: warmup_epochs (1.0) must be smaller than epochs (1)")

@@ -130,14 +130,17 @@ def parse_params(raw: dict[str, Any], source: str = "params") -> Params:
 
 def _describe(error: Any, raw: dict[str, Any]) -> str:
     location = [str(part) for part in error["loc"]]
-    key = ".".join(location) or "(top level)"
+    key = ".".join(location)
+    message = error["msg"].removeprefix("Value error, ")
+    if not location:  # a check across keys: its message names them itself
+        return str(message)
     if error["type"] == "extra_forbidden":
         return f"unknown key '{key}'{_suggestion(location)}"
     if error["type"] == "missing":
         return f"missing key '{key}'"
     value = _lookup(raw, location)
     shown = f" (got {value!r})" if value is not _NOTHING and not isinstance(value, dict) else ""
-    return f"'{key}': {error['msg'].removeprefix('Value error, ')}{shown}"
+    return f"'{key}': {message}{shown}"
 
 
 _NOTHING = object()
