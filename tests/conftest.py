@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -52,3 +55,27 @@ def tiny_model() -> tuple[Classifier, ModelMeta]:
     model = Classifier(net, [0.3], [0.25]).eval()
     meta = ModelMeta("test_resnet", ["left", "right"], 32, 1, [0.3], [0.25])
     return model, meta
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def gcs_emulator(bucket: str) -> Iterator[str]:
+    """gcp-storage-emulator on loopback with ``bucket`` created; yields its URL and points
+    ``STORAGE_EMULATOR_HOST`` (read by gcsfs, hence by DVC and the gs:// source) at it."""
+    from gcp_storage_emulator.server import create_server
+
+    port = free_port()
+    server = create_server("127.0.0.1", port, in_memory=True, default_bucket=bucket)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("STORAGE_EMULATOR_HOST", url)
+            yield url
+    finally:
+        server.stop()

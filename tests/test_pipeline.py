@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, gcs_emulator
 
 pytestmark = pytest.mark.slow
 
@@ -192,6 +192,54 @@ def test_unknown_key_is_refused_by_name(repo: Path) -> None:
         assert "lr" in result.stdout + result.stderr
     finally:
         path.write_text(original)
+
+
+def clone(source: Path, destination: Path, *, gcs_endpoint: str | None = None) -> Path:
+    git(source.parent, "clone", "-q", str(source), str(destination))
+    if gcs_endpoint:  # this machine's settings, as a user's credentials would be: not committed
+        dvc(destination, "remote", "modify", "--local", "gcs", "endpointurl", gcs_endpoint)
+    return destination
+
+
+def configured_bucket(repo: Path) -> str:
+    url = dvc(repo, "remote", "list").stdout
+    found = re.search(r"^gcs\s+gs://([^/\s]+)", url, re.MULTILINE)
+    assert found, url
+    return found.group(1)
+
+
+def run_cache_entries(repo: Path) -> dict[str, bytes]:
+    runs = repo / ".dvc/cache/runs"
+    return {p.relative_to(runs).as_posix(): p.read_bytes() for p in runs.rglob("*") if p.is_file()}
+
+
+def test_gcs_remote_restores_outputs_and_run_cache_in_a_second_clone(
+    repo: Path, tmp_path: Path
+) -> None:
+    """The committed `gcs` remote, pointed at an emulator: a second clone pulls the outputs
+    and the run-cache instead of rebuilding anything."""
+    with gcs_emulator(configured_bucket(repo)) as endpoint:
+        dvc(repo, "remote", "modify", "--local", "gcs", "endpointurl", endpoint)
+        dvc(repo, "push", "--run-cache")
+
+        second = clone(repo, tmp_path / "second", gcs_endpoint=endpoint)
+        dvc(second, "pull", "--run-cache")
+        assert "up to date" in dvc(second, "status").stdout
+        for output in ("models/model.pt", "models/model.onnx", "data/processed/test/images.npy"):
+            assert (second / output).read_bytes() == (repo / output).read_bytes(), output
+        assert run_cache_entries(second) == run_cache_entries(repo) != {}
+        assert stages_run(dvc(second, "repro").stdout) == set()  # nothing retrained
+
+
+def test_local_remote_round_trip(repo: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    dvc(repo, "remote", "modify", "--local", "local", "url", str(store))
+    dvc(repo, "push", "-r", "local")
+    third = clone(repo, tmp_path / "third")
+    dvc(third, "remote", "modify", "--local", "local", "url", str(store))
+    dvc(third, "pull", "-r", "local")
+    assert "up to date" in dvc(third, "status").stdout
+    assert (third / "models/model.onnx").read_bytes() == (repo / "models/model.onnx").read_bytes()
 
 
 def test_committed_lock_matches_the_code(tmp_path: Path) -> None:

@@ -3,7 +3,6 @@ hub itself is out of reach here, so everything after the fetch is tested)."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,33 +11,15 @@ import pytest
 from PIL import Image
 
 from imgpipe.data import SourceError, fetch, write_hf_dataset
-from tests.conftest import write_image_folder
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+from tests.conftest import gcs_emulator, write_image_folder
 
 
 @pytest.fixture(scope="module")
-def gcs(monkeypatch_module: pytest.MonkeyPatch) -> Iterator[object]:
-    from gcp_storage_emulator.server import create_server
+def gcs() -> Iterator[object]:
+    with gcs_emulator("imgpipe-test"):
+        from gcsfs.core import GCSFileSystem
 
-    port = free_port()
-    server = create_server("127.0.0.1", port, in_memory=True, default_bucket="imgpipe-test")
-    server.start()
-    monkeypatch_module.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
-    from gcsfs.core import GCSFileSystem
-
-    yield GCSFileSystem(token="anon")
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
-    with pytest.MonkeyPatch.context() as patch:
-        yield patch
+        yield GCSFileSystem(token="anon")
 
 
 def test_bucket_prefix_becomes_an_image_folder(gcs: object, tmp_path: Path) -> None:
