@@ -192,6 +192,7 @@ def test_unknown_key_is_refused_by_name(repo: Path) -> None:
         assert "lr" in result.stdout + result.stderr
     finally:
         path.write_text(original)
+    restore_head(repo)  # the failed stage cleared its outputs
 
 
 def clone(source: Path, destination: Path, *, gcs_endpoint: str | None = None) -> Path:
@@ -218,6 +219,7 @@ def test_gcs_remote_restores_outputs_and_run_cache_in_a_second_clone(
 ) -> None:
     """The committed `gcs` remote, pointed at an emulator: a second clone pulls the outputs
     and the run-cache instead of rebuilding anything."""
+    restore_head(repo)  # the committed state, whatever earlier tests left in the workspace
     with gcs_emulator(configured_bucket(repo)) as endpoint:
         dvc(repo, "remote", "modify", "--local", "gcs", "endpointurl", endpoint)
         dvc(repo, "push", "--run-cache")
@@ -232,6 +234,7 @@ def test_gcs_remote_restores_outputs_and_run_cache_in_a_second_clone(
 
 
 def test_local_remote_round_trip(repo: Path, tmp_path: Path) -> None:
+    restore_head(repo)
     store = tmp_path / "store"
     dvc(repo, "remote", "modify", "--local", "local", "url", str(store))
     dvc(repo, "push", "-r", "local")
