@@ -90,14 +90,20 @@ def _drop_stack_traces(proto: onnx.ModelProto) -> None:
             node.metadata_props.extend(kept)
 
 
-def open_session(path: Path, threads: int = 0) -> Any:
-    """An onnxruntime session on the best available provider (CUDA when present)."""
+def open_session(path: Path, threads: int = 0, spin: bool = True) -> Any:
+    """An onnxruntime session on the best available provider (CUDA when present).
+
+    ``spin=False`` stops idle worker threads busy-waiting for the next call: right for a
+    service, whose event loop and decoding threads need the cores between batches.
+    """
     import onnxruntime as ort
 
     if not Path(path).is_file():
         raise ImgpipeError(f"{path}: ONNX model not found (run `dvc repro export-onnx`)")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(
         str(path), sess_options=options, providers=ort.get_available_providers()
     )

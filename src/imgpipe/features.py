@@ -44,8 +44,8 @@ def image_statistics(images: np.ndarray) -> dict[str, np.ndarray]:
 class OnnxClassifier:
     """The exported model in onnxruntime, with its embedded metadata."""
 
-    def __init__(self, path: Path, threads: int = 0) -> None:
-        self.session = open_session(path, threads)
+    def __init__(self, path: Path, threads: int = 0, spin: bool = True) -> None:
+        self.session = open_session(path, threads, spin)
         self.meta = session_metadata(self.session, path)
         self.classes: list[str] = list(self.meta["classes"])
 
@@ -67,11 +67,16 @@ def feature_table(classifier: OnnxClassifier, images: np.ndarray) -> pd.DataFram
     table = pd.DataFrame(image_statistics(images))
     table["predicted"] = [classifier.classes[i] for i in probabilities.argmax(axis=1)]
     table["confidence"] = probabilities.max(axis=1)
-    width = len(str(embeddings.shape[1] - 1))
     embedding_columns = pd.DataFrame(
-        embeddings, columns=[f"emb_{i:0{width}d}" for i in range(embeddings.shape[1])]
+        embeddings, columns=embedding_column_names(embeddings.shape[1])
     )
     return pd.concat([table, embedding_columns], axis=1)
+
+
+def embedding_column_names(dimensions: int) -> list[str]:
+    """``emb_0 ... emb_N``, zero-padded so that they sort in order."""
+    width = len(str(dimensions - 1))
+    return [f"emb_{i:0{width}d}" for i in range(dimensions)]
 
 
 def baseline_summary(table: pd.DataFrame, classes: list[str]) -> dict[str, Any]:

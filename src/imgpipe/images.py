@@ -4,6 +4,7 @@ and serving, so that a model sees pixels prepared the same way everywhere."""
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,27 +20,52 @@ class ImageDecodeError(ImgpipeError):
     """A file is not a decodable image; the message says why."""
 
 
-def decode_image(source: Path | bytes, size: int, channels: int) -> np.ndarray:
+class NotAnImageError(ImageDecodeError):
+    """The content is not an image in any (allowed) format."""
+
+
+class ImageTooLargeError(ImageDecodeError):
+    """The image declares more pixels than allowed."""
+
+
+def decode_image(
+    source: Path | bytes,
+    size: int,
+    channels: int,
+    *,
+    max_pixels: int = MAX_PIXELS,
+    formats: Sequence[str] | None = None,
+) -> np.ndarray:
     """Decode an image by its content, square it and resize it.
 
     EXIF orientation is applied, the image is converted to ``channels`` (1: grey, 3: RGB; any
     transparency is composited on black, as in digit and X-ray scans), the shorter side is
     resized to ``size`` and the centre ``size`` x ``size`` is kept.
 
+    Args:
+        source: a file, or its bytes.
+        size: side of the square result.
+        channels: 1 (grey) or 3 (RGB).
+        max_pixels: images declaring more pixels are refused before decoding.
+        formats: Pillow format names to accept (e.g. ``("PNG", "JPEG")``); None: any.
+
     Returns:
         ``uint8`` array of shape ``(size, size, channels)``.
 
     Raises:
-        ImageDecodeError: empty, truncated, over-large or not an image.
+        ImageDecodeError: empty or truncated (the subclasses :class:`NotAnImageError` and
+            :class:`ImageTooLargeError` say it is not an image, or too large).
     """
     data = source if isinstance(source, bytes) else Path(source).read_bytes()
     if not data:
         raise ImageDecodeError("empty file")
     try:
-        with Image.open(io.BytesIO(data)) as opened:
-            if opened.width * opened.height > MAX_PIXELS:
-                raise ImageDecodeError(
-                    f"{opened.width}x{opened.height} pixels exceeds the limit of {MAX_PIXELS}"
+        with Image.open(
+            io.BytesIO(data), formats=None if formats is None else list(formats)
+        ) as opened:
+            if opened.width * opened.height > max_pixels:
+                raise ImageTooLargeError(
+                    f"{opened.width}x{opened.height} pixels exceeds the limit of {max_pixels}"
                 )
             opened.seek(0)  # first frame of animations
             image = ImageOps.exif_transpose(opened)
@@ -47,8 +73,11 @@ def decode_image(source: Path | bytes, size: int, channels: int) -> np.ndarray:
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:
-        raise ImageDecodeError("not an image (content not recognised)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        allowed = f" in an accepted format ({', '.join(formats)})" if formats else ""
+        raise NotAnImageError(f"not an image{allowed} (content not recognised)") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(str(exc)) from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise ImageDecodeError(f"cannot decode: {exc}") from None
     image = _to_channels(image, channels)
     image = ImageOps.fit(image, (size, size), method=Image.Resampling.BILINEAR)
