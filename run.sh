@@ -41,6 +41,25 @@ print(hashlib.sha256(b"".join(open(f, "rb").read() for f in sys.argv[1:])).hexdi
   echo "$want" >"$stamp"
 }
 
+# The upload-page test drives a headless Chromium. Debian's package is installed when this
+# user may (root, or password-less sudo); elsewhere that test is skipped, except in CI.
+ensure_chromium() {
+  command -v chromium >/dev/null || command -v chromium-browser >/dev/null && return
+  local apt=()
+  if [[ $(id -u) == 0 ]]; then
+    apt=(apt-get)
+  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+    apt=(sudo apt-get)
+  fi
+  if command -v apt-get >/dev/null && [[ ${#apt[@]} -gt 0 ]]; then
+    echo "run.sh: installing Debian's chromium for the browser test" >&2
+    DEBIAN_FRONTEND=noninteractive "${apt[@]}" update -qq
+    DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y -qq --no-install-recommends chromium >/dev/null
+  else
+    echo "run.sh: no chromium and no way to install it; the browser test will be skipped" >&2
+  fi
+}
+
 task=${1:-repro}
 [[ $# -gt 0 ]] && shift
 
@@ -60,6 +79,7 @@ case "$task" in
     exec dvc repro "$@"
     ;;
   test)
+    ensure_chromium
     pre-commit run --all-files --show-diff-on-failure
     exec python -m pytest -m "slow or not slow" "$@"
     ;;

@@ -140,6 +140,44 @@ def test_metrics_and_plots_render(repo: Path) -> None:
     assert "confusion.csv" in html and "val/accuracy.tsv" in html
 
 
+def test_service_predictions_on_the_test_split_equal_evaluates(repo: Path) -> None:
+    """Every test image as a PNG upload through `imgpipe serve`: the misclassified ones, their
+    predicted classes and the accuracy are exactly what the evaluate stage recorded."""
+    import csv
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from imgpipe.preprocess import load_split
+    from imgpipe.serve import ServeConfig, create_app
+
+    test = load_split(repo / "data/processed/test")
+    config = ServeConfig(model=repo / "models/model.onnx", max_images=64)
+    predicted: list[str] = []
+    with TestClient(create_app(config)) as client:
+        for start in range(0, len(test), 64):
+            files = []
+            for i in range(start, min(start + 64, len(test))):
+                buffer = io.BytesIO()
+                Image.fromarray(test.images[i][:, :, 0]).save(buffer, "PNG")
+                files.append(("files", (test.files[i], buffer.getvalue(), "image/png")))
+            response = client.post("/predict?top_k=1", files=files)
+            assert response.status_code == 200, response.text
+            predicted += [p["top"][0]["class"] for p in response.json()["predictions"]]
+    actual = [test.classes[label] for label in test.labels]
+    served_wrong = {
+        (file, truth, guess)
+        for file, truth, guess in zip(test.files, actual, predicted, strict=True)
+        if truth != guess
+    }
+    with (repo / "metrics/eval/misclassified.csv").open() as handle:
+        evaluated_wrong = {(r["file"], r["actual"], r["predicted"]) for r in csv.DictReader(handle)}
+    assert served_wrong == evaluated_wrong
+    accuracy = json.loads((repo / "metrics/eval.json").read_text())["accuracy"]
+    assert 1 - len(served_wrong) / len(test) == pytest.approx(accuracy, abs=1e-6)
+
+
 def test_experiment_with_new_lr_reruns_exactly_training_and_after(repo: Path) -> None:
     run = dvc(repo, "exp", "run", "-S", "lr=1e-4", "--name", "low-lr")
     assert stages_run(run.stdout) == {"train", "evaluate", "export-onnx", "drift-baseline"}

@@ -101,6 +101,29 @@ def check_metrics(args: argparse.Namespace) -> int:
     return 1 if moved else 0
 
 
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from imgpipe.serve import ServeConfig, create_app
+
+    config = ServeConfig(
+        model=args.model,
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        max_images=args.max_images,
+        max_pixels=args.max_pixels,
+        batch_window_ms=args.batch_window_ms,
+        max_batch=args.max_batch,
+        threads=args.threads,
+        feature_log=None if args.no_feature_log else args.feature_log,
+        feature_log_max_bytes=int(args.feature_log_max_mb * 2**20),
+        feature_log_backups=args.feature_log_backups,
+    )
+    # One process on purpose: micro-batching joins requests inside it. Scale with replicas.
+    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level=args.log_level,
+                access_log=args.access_log)  # fmt: skip
+    return 0
+
+
 def bench_preprocess(args: argparse.Namespace) -> int:
     import tempfile
 
@@ -112,6 +135,30 @@ def bench_preprocess(args: argparse.Namespace) -> int:
         results = run(
             folder, Path(scratch) / "arrays",
             count=args.images, size=args.size, target=args.target, workers=args.workers,
+        )  # fmt: skip
+    print(json.dumps(results, indent=2))
+    if args.output:
+        write_json(args.output, results)
+    return 0
+
+
+def bench_serve(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from imgpipe.bench import bench_serve as run
+    from imgpipe.bench import export_random_model
+    from imgpipe.io import write_json
+
+    with tempfile.TemporaryDirectory(prefix="imgpipe-bench-serve-") as scratch:
+        model = args.model
+        if args.architecture:
+            model = export_random_model(
+                Path(scratch) / "model.onnx", args.architecture, args.image_size, args.channels
+            )
+        results = run(
+            model, concurrency=args.concurrency, requests=args.requests,
+            max_batch=args.max_batch, batch_window_ms=args.batch_window_ms,
+            threads=args.threads, log_dir=Path(scratch),
         )  # fmt: skip
     print(json.dumps(results, indent=2))
     if args.output:
@@ -184,6 +231,35 @@ def build_parser() -> argparse.ArgumentParser:
                      help="regex of metric keys to check (repeatable; default: all)")  # fmt: skip
     sub.set_defaults(handler=check_metrics)
 
+    sub = commands.add_parser(
+        "serve",
+        help="HTTP service for the exported model: POST /predict, GET /health /metrics /docs /",
+        description="Serve models/model.onnx with FastAPI + uvicorn + onnxruntime. Concurrent "
+        "requests are micro-batched; per-image features go to a rotating JSON-lines log that "
+        "`imgpipe drift --current` reads.",
+    )
+    sub.add_argument("--model", type=Path, default=DEFAULT_ONNX, help="ONNX file")
+    sub.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: all)")
+    sub.add_argument("--port", type=int, default=8000, help="TCP port")
+    sub.add_argument("--max-upload-mb", type=float, default=16, help="largest request body")
+    sub.add_argument("--max-images", type=int, default=32, help="most files per request")
+    sub.add_argument("--max-pixels", type=int, default=25_000_000,
+                     help="largest image (width x height), checked before decoding")  # fmt: skip
+    sub.add_argument("--batch-window-ms", type=float, default=2.0,
+                     help="how long a lone request waits for others to batch with")  # fmt: skip
+    sub.add_argument("--max-batch", type=int, default=64, help="images per inference call")
+    sub.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: all cores)")
+    sub.add_argument("--feature-log", type=Path, default=Path("logs/requests.jsonl"),
+                     help="JSON-lines log of per-image features; rotated to "
+                     "requests.1.jsonl, ...")  # fmt: skip
+    sub.add_argument("--no-feature-log", action="store_true", help="do not log features")
+    sub.add_argument("--feature-log-max-mb", type=float, default=50, help="rotate after this")
+    sub.add_argument("--feature-log-backups", type=int, default=10, help="rotated files kept")
+    sub.add_argument("--log-level", default="info", help="uvicorn log level")
+    sub.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True,
+                     help="log one line per request")  # fmt: skip
+    sub.set_defaults(handler=serve)
+
     bench = commands.add_parser("bench", help="benchmarks printing ratios from one run")
     benches = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
     sub = benches.add_parser(
@@ -197,6 +273,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--folder", type=Path, help="reuse/keep the synthetic JPEGs here")
     sub.add_argument("--output", type=Path, help="also write the figures to this JSON file")
     sub.set_defaults(handler=bench_preprocess)
+
+    sub = benches.add_parser(
+        "serve",
+        help="load test of imgpipe serve over loopback: req/s, p50/p95/p99, errors per "
+        "concurrency, and served req/s over onnxruntime's batch images/s",
+    )
+    sub.add_argument("--model", type=Path, default=DEFAULT_ONNX, help="ONNX file")
+    sub.add_argument("--architecture",
+                     help="bench a randomly initialised timm model of this name instead of "
+                     "--model (e.g. resnet18)")  # fmt: skip
+    sub.add_argument("--image-size", type=int, default=224, help="input side, with --architecture")
+    sub.add_argument("--channels", type=int, default=3, help="input channels, with --architecture")
+    sub.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32],
+                     help="concurrent clients, one level each")  # fmt: skip
+    sub.add_argument("--requests", type=int, default=2000, help="one-image requests per level")
+    sub.add_argument("--max-batch", type=int, default=64,
+                     help="service batch limit, and the onnxruntime baseline's batch")  # fmt: skip
+    sub.add_argument("--batch-window-ms", type=float, default=2.0, help="service batching window")
+    sub.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: all cores)")
+    sub.add_argument("--output", type=Path, help="also write the figures to this JSON file")
+    sub.set_defaults(handler=bench_serve)
     return parser
 
 

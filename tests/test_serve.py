@@ -1,0 +1,437 @@
+"""imgpipe serve: the FastAPI app on a tiny exported model, in-process (TestClient) and over
+loopback (uvicorn) for the concurrency, browser and schema tests."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import shutil
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from imgpipe.export import export_onnx
+from imgpipe.features import OnnxClassifier
+from imgpipe.model import Classifier, ModelMeta
+from imgpipe.preprocess import SplitArrays
+from imgpipe.serve import MicroBatcher, ServeConfig, create_app
+from imgpipe.train import predict_split
+from tests.conftest import free_port, make_split
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels[:, :, 0] if pixels.shape[-1] == 1 else pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def uploads(images: np.ndarray, prefix: str = "img") -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [
+        ("files", (f"{prefix}{i}.png", png_bytes(pixels), "image/png"))
+        for i, pixels in enumerate(images)
+    ]
+
+
+@pytest.fixture(scope="module")
+def onnx_model(
+    tiny_model: tuple[Classifier, ModelMeta], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    model, meta = tiny_model
+    path = tmp_path_factory.mktemp("serve") / "model.onnx"
+    export_onnx(model, meta, path, opset=18, provenance={"checkpoint_sha256": "c0ffee"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def test_split() -> SplitArrays:
+    return make_split(per_class=40, seed=7)
+
+
+@pytest.fixture
+def client(onnx_model: Path, tmp_path: Path) -> Iterator[TestClient]:
+    config = ServeConfig(
+        model=onnx_model, max_upload_bytes=200_000, max_images=8, max_pixels=200 * 200,
+        feature_log=tmp_path / "logs" / "requests.jsonl",
+    )  # fmt: skip
+    with TestClient(create_app(config)) as test_client:
+        yield test_client
+
+
+def test_predictions_on_the_test_split_equal_evaluates(
+    client: TestClient, tiny_model: tuple[Classifier, ModelMeta], test_split: SplitArrays
+) -> None:
+    model, _ = tiny_model
+    expected = predict_split(model, test_split, 64, torch.device("cpu")).numpy()
+    served = []
+    for start in range(0, len(test_split), 8):  # 8 = the client's images-per-request limit
+        response = client.post(
+            "/predict?top_k=2", files=uploads(test_split.images[start : start + 8])
+        )
+        assert response.status_code == 200, response.text
+        served += response.json()["predictions"]
+    probabilities = np.array(
+        [[next(t["probability"] for t in p["top"] if t["class"] == c) for c in ("left", "right")]
+         for p in served]
+    )  # fmt: skip
+    np.testing.assert_allclose(probabilities, expected, atol=1e-5)
+    top1 = [p["top"][0]["class"] for p in served]
+    assert top1 == [["left", "right"][i] for i in expected.argmax(1)]
+
+
+def test_predict_response_shape_and_top_k(client: TestClient, test_split: SplitArrays) -> None:
+    response = client.post("/predict", params={"top_k": 1}, files=uploads(test_split.images[:3]))
+    body = response.json()
+    assert response.status_code == 200
+    assert [p["file"] for p in body["predictions"]] == ["img0.png", "img1.png", "img2.png"]
+    assert all(len(p["top"]) == 1 for p in body["predictions"])
+    assert body["model_sha256"] == client.get("/health").json()["model"]["sha256"]
+
+
+def test_health_names_the_model(client: TestClient, onnx_model: Path) -> None:
+    health = client.get("/health").json()
+    assert health["status"] == "ok"
+    model = health["model"]
+    assert model["classes"] == ["left", "right"]
+    assert (model["image_size"], model["channels"]) == (32, 1)
+    assert model["checkpoint_sha256"] == "c0ffee"
+    import hashlib
+
+    assert model["sha256"] == hashlib.sha256(onnx_model.read_bytes()).hexdigest()
+
+
+def test_health_reports_the_commit_from_the_environment(
+    onnx_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("IMGPIPE_MODEL_COMMIT", "abc1234")
+    with TestClient(create_app(ServeConfig(model=onnx_model))) as c:
+        assert c.get("/health").json()["model"]["commit"] == "abc1234"
+
+
+@pytest.mark.parametrize(
+    ("content", "status", "named"),
+    [
+        (b"%PDF-1.4 not an image", 415, "not an image"),
+        (b"", 422, "empty"),
+        (
+            png_bytes(np.random.default_rng(0).integers(0, 255, (32, 32, 1), np.uint8))[:200],
+            422,
+            "cannot decode",
+        ),
+        (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", 415, "accepted format"),
+    ],
+    ids=["pdf", "empty", "truncated-png", "eps"],
+)
+def test_bad_files_get_a_4xx_naming_the_file(
+    client: TestClient, content: bytes, status: int, named: str
+) -> None:
+    response = client.post("/predict", files=[("files", ("bad.bin", content, "image/png"))])
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/json"
+    detail = response.json()["detail"]
+    assert detail.startswith("bad.bin: ") and named in detail
+    assert client.get("/health").status_code == 200  # still serving
+
+
+def big_png_header(width: int, height: int) -> bytes:
+    """A PNG that declares ``width x height`` pixels but carries almost no data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+def test_limits_are_refused_with_413(client: TestClient, test_split: SplitArrays) -> None:
+    too_many = client.post("/predict", files=uploads(test_split.images[:9]))
+    assert too_many.status_code == 413 and "limit is 8" in too_many.json()["detail"]
+
+    for side in (1_000, 30_000):  # over our limit; also over Pillow's own bomb limit
+        bomb = client.post(
+            "/predict", files=[("files", ("bomb.png", big_png_header(side, side), "image/png"))]
+        )
+        assert bomb.status_code == 413
+        assert bomb.json()["detail"].startswith("bomb.png: ") and "pixel" in bomb.json()["detail"]
+
+    huge = client.post("/predict", files=[("files", ("big.png", os.urandom(300_000), "image/png"))])
+    assert huge.status_code == 413 and "larger than the limit" in huge.json()["detail"]
+
+    def chunked() -> Iterator[bytes]:  # no Content-Length: counted while reading
+        yield b'--b\r\nContent-Disposition: form-data; name="files"; filename="x.png"\r\n\r\n'
+        for _ in range(30):
+            yield os.urandom(10_000)
+        yield b"\r\n--b--\r\n"
+
+    streamed = client.post(
+        "/predict", content=chunked(), headers={"content-type": "multipart/form-data; boundary=b"}
+    )
+    assert streamed.status_code == 413
+
+    assert client.post("/predict", files=uploads(test_split.images[:1])).status_code == 200
+
+
+def test_missing_files_and_bad_top_k_are_422(client: TestClient, test_split: SplitArrays) -> None:
+    assert client.post("/predict").status_code == 422
+    response = client.post("/predict?top_k=0", files=uploads(test_split.images[:1]))
+    assert response.status_code == 422
+    assert "top_k" in json.dumps(response.json()["detail"])
+    all_classes = client.post("/predict?top_k=5", files=uploads(test_split.images[:1]))
+    assert len(all_classes.json()["predictions"][0]["top"]) == 2
+
+
+def metric_value(text: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+def test_prometheus_metrics_count_requests_errors_classes_and_confidence(
+    client: TestClient, test_split: SplitArrays
+) -> None:
+    client.post("/predict", files=uploads(test_split.images[:4]))
+    client.post("/predict", files=[("files", ("bad.txt", b"hello", "text/plain"))])
+    text = client.get("/metrics").text
+    assert metric_value(text, 'imgpipe_http_requests_total{route="/predict",status="200"}') == 1
+    assert metric_value(text, 'imgpipe_http_requests_total{route="/predict",status="415"}') == 1
+    assert metric_value(text, 'imgpipe_errors_total{reason="not_an_image"}') == 1
+    assert metric_value(text, "imgpipe_predictions_total{") == 4
+    assert 'imgpipe_predictions_total{predicted="left"}' in text
+    assert metric_value(text, "imgpipe_prediction_confidence_count") == 4
+    assert metric_value(text, 'imgpipe_http_request_duration_seconds_count{route="/predict"}') == 2
+
+
+def test_feature_log_has_the_drift_baseline_columns(
+    onnx_model: Path, tmp_path: Path, test_split: SplitArrays
+) -> None:
+    from imgpipe.features import feature_table
+
+    log = tmp_path / "requests.jsonl"
+    config = ServeConfig(model=onnx_model, feature_log=log, feature_log_max_bytes=20_000,
+                         feature_log_backups=50)  # fmt: skip
+    with TestClient(create_app(config)) as c:
+        for start in range(0, 24, 6):
+            assert (
+                c.post("/predict", files=uploads(test_split.images[start : start + 6])).status_code
+                == 200
+            )
+    # Closing the app flushed the writer; small files forced rotations.
+    files = sorted(tmp_path.glob("requests*.jsonl"))
+    assert len(files) > 1 and (tmp_path / "requests.1.jsonl").is_file()
+    logged = pd.concat([pd.read_json(f, lines=True) for f in files]).sort_values(
+        "time", kind="stable"
+    )
+    expected = feature_table(OnnxClassifier(onnx_model), test_split.images[:24])
+    assert len(logged) == 24
+    assert set(expected.columns) <= set(logged.columns)
+    key = ["brightness", "contrast"]
+    pd.testing.assert_frame_equal(
+        logged[expected.columns].sort_values(key).reset_index(drop=True),
+        expected.sort_values(key).reset_index(drop=True),
+        check_exact=False, atol=1e-5, check_dtype=False,
+    )  # fmt: skip
+
+
+def test_micro_batcher_joins_concurrent_requests() -> None:
+    calls: list[int] = []
+
+    def infer(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        calls.append(len(batch))
+        time.sleep(0.02)
+        return batch.reshape(len(batch), -1).astype(float), batch.reshape(len(batch), -1) * 2.0
+
+    async def scenario() -> list[tuple[np.ndarray, np.ndarray]]:
+        async with MicroBatcher(infer, max_batch=16, window_s=0.01) as batcher:
+            return await asyncio.gather(
+                *(batcher.predict(np.full((1 + i % 3, 1), i)) for i in range(20))
+            )
+
+    results = asyncio.run(scenario())
+    for i, (probabilities, embeddings) in enumerate(results):  # each gets its own rows back
+        assert probabilities.shape == (1 + i % 3, 1) and (probabilities == i).all()
+        assert (embeddings == 2 * i).all()
+    assert sum(calls) == sum(1 + i % 3 for i in range(20))
+    assert len(calls) < 8 and max(calls) > 1
+
+
+def test_micro_batcher_passes_inference_errors_to_every_waiter() -> None:
+    def infer(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise RuntimeError("model exploded")
+
+    async def scenario() -> list[BaseException | tuple[np.ndarray, np.ndarray]]:
+        async with MicroBatcher(infer, max_batch=8, window_s=0.01) as batcher:
+            return await asyncio.gather(
+                *(batcher.predict(np.zeros((1, 1))) for _ in range(3)), return_exceptions=True
+            )
+
+    assert all(isinstance(r, RuntimeError) for r in asyncio.run(scenario()))
+
+
+def test_upload_page_and_openapi(client: TestClient) -> None:
+    page = client.get("/")
+    assert page.status_code == 200 and 'type="file"' in page.text
+    schema = client.get("/openapi.json").json()
+    assert {"/predict", "/health", "/metrics"} <= set(schema["paths"])
+    assert client.get("/docs").status_code == 200
+
+
+class LiveServer:
+    """uvicorn in a thread on a free loopback port."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        import uvicorn
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                create_app(config), host="127.0.0.1", port=self.port, log_level="warning"
+            )
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture
+def live_server(onnx_model: Path, tmp_path: Path) -> Iterator[LiveServer]:
+    with LiveServer(
+        ServeConfig(model=onnx_model, feature_log=tmp_path / "requests.jsonl")
+    ) as server:
+        yield server
+
+
+def test_concurrent_requests_over_loopback_are_batched(
+    live_server: LiveServer, test_split: SplitArrays
+) -> None:
+    import httpx
+
+    async def load() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=live_server.url, timeout=30) as http:
+            return await asyncio.gather(
+                *(
+                    http.post("/predict", files=uploads(test_split.images[i : i + 1]))
+                    for i in range(48)
+                )
+            )
+
+    responses = asyncio.run(load())
+    assert [r.status_code for r in responses] == [200] * 48
+    metrics = httpx.get(f"{live_server.url}/metrics").text
+    batches = metric_value(metrics, "imgpipe_inference_batch_images_count")
+    assert metric_value(metrics, "imgpipe_inference_batch_images_sum") == 48
+    assert batches < 48  # some requests shared an onnxruntime call
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None and not os.environ.get("CI"),
+    reason="needs Debian's chromium (./run.sh test installs it when it can)",
+)
+def test_upload_page_in_headless_chromium(
+    live_server: LiveServer, test_split: SplitArrays, tmp_path: Path
+) -> None:
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM, "CI must have chromium for the upload-page test"
+    image = tmp_path / "digit.png"
+    image.write_bytes(png_bytes(test_split.images[-1]))
+    import httpx
+
+    expected = httpx.post(
+        f"{live_server.url}/predict", files=uploads(test_split.images[-1:])
+    ).json()["predictions"][0]["top"][0]["class"]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                  "--disable-background-networking"],
+        )  # fmt: skip
+        try:
+            page = browser.new_page()
+            script_errors: list[str] = []
+            page.on("pageerror", lambda error: script_errors.append(str(error)))
+            page.goto(live_server.url + "/")
+            page.wait_for_function(
+                "document.getElementById('model').textContent.includes('classes')"
+            )
+            page.set_input_files("#files", str(image))
+            page.click("#submit")
+            result = page.wait_for_selector(".result", timeout=15_000)
+            assert result is not None
+            assert result.get_attribute("data-predicted") == expected
+            assert "digit.png" in result.inner_text()
+            page.screenshot(path=str(tmp_path / "page.png"))
+            # An error is shown on the page, not swallowed.
+            (tmp_path / "notes.txt").write_text("not an image")
+            page.set_input_files("#files", str(tmp_path / "notes.txt"))
+            page.click("#submit")
+            page.wait_for_function("document.getElementById('error').textContent.length > 0")
+            assert "notes.txt: not an image" in page.inner_text("#error")
+            assert script_errors == []
+        finally:
+            browser.close()
+
+
+def test_drift_reads_the_service_log_and_flags_inverted_traffic(
+    onnx_model: Path, tmp_path: Path
+) -> None:
+    from imgpipe.cli import main
+    from imgpipe.features import feature_table
+    from tests.conftest import pattern_images
+
+    def traffic(seed: int) -> np.ndarray:
+        return np.concatenate([pattern_images(60, c, seed=seed) for c in (0, 1)])
+
+    reference = tmp_path / "reference.parquet"
+    feature_table(OnnxClassifier(onnx_model), traffic(seed=1)).to_parquet(reference)
+    outcomes = {}
+    for name, images in {"same": traffic(seed=2), "inverted": 255 - traffic(seed=2)}.items():
+        log = tmp_path / name / "requests.jsonl"
+        with TestClient(create_app(ServeConfig(model=onnx_model, feature_log=log))) as c:
+            for start in range(0, len(images), 30):
+                c.post("/predict", files=uploads(images[start : start + 30]))
+        outcomes[name] = main([
+            "drift", "--current", str(log), "--reference", str(reference),
+            "--model", str(onnx_model), "--out", str(tmp_path / name / "report"),
+        ])  # fmt: skip
+    assert outcomes == {"same": 0, "inverted": 1}
+
+
+def test_bench_serve_reports_levels_and_the_ratio(onnx_model: Path, tmp_path: Path) -> None:
+    from imgpipe.cli import main
+
+    out = tmp_path / "bench.json"
+    arguments = ["--model", str(onnx_model), "--requests", "40", "--concurrency", "1", "4"]
+    assert main(["bench", "serve", *arguments, "--output", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert results["onnxruntime_batch"]["images_per_second"] > 0
+    assert [level["concurrency"] for level in results["levels"]] == [1, 4]
+    for level in results["levels"]:
+        assert level["errors"] == 0 and level["requests"] == 40
+        assert 0 < level["latency_ms"]["p50"] <= level["latency_ms"]["p99"]
+        expected = level["requests_per_second"] / results["onnxruntime_batch"]["images_per_second"]
+        assert level["ratio_to_onnxruntime_batch"] == pytest.approx(expected, abs=1e-3)
