@@ -1,8 +1,13 @@
-# imgpipe: the pinned pipeline environment. CPU by default; for CUDA build with
+# imgpipe images, built from the same requirements.lock as ./run.sh. Two targets:
+#   docker build -t imgpipe-serve .                      the model service (default, last stage)
+#   docker build --target pipeline -t imgpipe .          the pipeline: `dvc repro` on /app
+# The service needs models/model.onnx in the build context (`dvc repro` or `dvc pull` first);
+# pass the commit it was built from to /health with --build-arg MODEL_COMMIT=$(git rev-parse HEAD).
+# CPU by default; for CUDA:
 #   docker build --build-arg BASE_IMAGE=nvidia/cuda:13.0.0-cudnn-runtime-ubuntu24.04 .
-# (a CUDA base must provide python3.11). The same requirements.lock as ./run.sh is installed.
+# (a CUDA base must provide python3.11 as `python`).
 ARG BASE_IMAGE=python:3.11-slim-bookworm
-FROM ${BASE_IMAGE}
+FROM ${BASE_IMAGE} AS base
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -19,8 +24,22 @@ COPY requirements.lock pyproject.toml README.md ./
 RUN python -m pip install -r requirements.lock
 COPY src/ src/
 RUN python -m pip install --no-deps .
-COPY --chown=imgpipe:imgpipe . .
 
+FROM base AS pipeline
+COPY --chown=imgpipe:imgpipe . .
 USER 10001
 # The container reproduces the pipeline on what is mounted or copied at /app.
 CMD ["dvc", "repro"]
+
+FROM base AS serve
+ARG MODEL_COMMIT=""
+ENV IMGPIPE_MODEL_COMMIT=${MODEL_COMMIT}
+COPY models/model.onnx models/model.onnx
+# The feature log (for `imgpipe drift --current logs/requests.jsonl`) is the only thing written.
+RUN mkdir logs && chown imgpipe:imgpipe logs
+USER 10001
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4)"]
+CMD ["imgpipe", "serve", "--host", "0.0.0.0", "--port", "8000", "--model", "models/model.onnx", \
+     "--feature-log", "logs/requests.jsonl", "--no-access-log"]
