@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,18 +65,27 @@ def param_changes(repo: Path, base: str) -> list[Change]:
 
 
 def render_plots(repo: Path, base: str, out: Path) -> list[tuple[str, Path]]:
-    """Every DVC plot, base revision against the workspace, as a PNG in ``out``."""
+    """Every DVC plot, base revision against the workspace, as a PNG in ``out``: Vega plots
+    rendered, image plots (the misclassified grid) copied once per revision."""
     import vl_convert
 
     out.mkdir(parents=True, exist_ok=True)
     rendered = []
-    for name, entries in sorted(dvc_json(repo, "plots", "diff", base)["data"].items()):
-        for index, entry in enumerate(e for e in entries if e.get("type") == "vega"):
-            slug = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-") + (f"-{index}" if index else "")
-            target = out / f"{slug}.png"
-            with atomic_path(target) as temporary:
-                temporary.write_bytes(vl_convert.vegalite_to_png(entry["content"], scale=1.5))
-            rendered.append((name, target))
+    with tempfile.TemporaryDirectory(prefix="imgpipe-plots-") as images:
+        plots = dvc_json(repo, "plots", "diff", base, "-o", images)["data"]
+        for name, entries in sorted(plots.items()):
+            slug = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-")
+            vega = [e for e in entries if e.get("type") == "vega"]
+            for index, entry in enumerate(vega):
+                target = out / f"{slug}{f'-{index}' if index else ''}.png"
+                with atomic_path(target) as temporary:
+                    temporary.write_bytes(vl_convert.vegalite_to_png(entry["content"], scale=1.5))
+                rendered.append((name, target))
+            for entry in (e for e in entries if e.get("type") == "image"):
+                revision = entry["revisions"][0]
+                target = out / f"{slug}-{re.sub(r'[^A-Za-z0-9]+', '-', revision)}.png"
+                shutil.copyfile(entry["url"], target)
+                rendered.append((f"{name} ({revision})", target))
     return rendered
 
 
