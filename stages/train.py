@@ -1,5 +1,6 @@
 """Stage train: fit the timm model named by ``model`` on the train split, keep the epoch with
-the best validation accuracy, and log per-epoch curves with dvclive."""
+the best validation accuracy, and log per-epoch curves with dvclive. The state after each epoch
+is kept at --state, so a killed run, started again, continues where it was."""
 
 import argparse
 from pathlib import Path
@@ -16,6 +17,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="folder with train/ and val/")
     parser.add_argument("--model", type=Path, required=True, help="checkpoint to write")
     parser.add_argument("--live", type=Path, required=True, help="dvclive folder (curves, summary)")
+    parser.add_argument(
+        "--state", type=Path, required=True, help="resume point, kept after every epoch"
+    )
     args = parser.parse_args()
 
     p = load_params()
@@ -33,10 +37,17 @@ def main() -> None:
             warmup_epochs=p.warmup_epochs,
             label_smoothing=p.label_smoothing,
             ema_decay=p.ema_decay,
+            optimizer=p.optimizer,
+            schedule=p.schedule,
+            grad_clip=p.grad_clip,
+            early_stopping=p.early_stopping,
+            class_balance=p.class_balance,
+            compile_model=p.compile,
             seed=p.seed,
             augmentation=Augmentation(**p.augment.model_dump()),
             device=p.device,
             metric_logger=live,
+            state_path=args.state,
         )
         live.summary["best"] = result.best
         meta = ModelMeta(
@@ -49,6 +60,7 @@ def main() -> None:
             training={"best_epoch": result.best_epoch, **result.best},
         )
         save_checkpoint(args.model, result.model, meta)
+    args.state.unlink(missing_ok=True)  # finished: the next run starts afresh
 
 
 if __name__ == "__main__":

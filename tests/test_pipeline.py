@@ -178,6 +178,43 @@ def test_service_predictions_on_the_test_split_equal_evaluates(repo: Path) -> No
     assert 1 - len(served_wrong) / len(test) == pytest.approx(accuracy, abs=1e-6)
 
 
+def test_killed_train_resumes_from_its_last_epoch_and_ends_bit_identical(repo: Path) -> None:
+    """SIGKILL the train stage after its first epoch; `dvc repro` again continues from the
+    epoch checkpoint and writes the very model the uninterrupted run wrote."""
+    import hashlib
+    import signal
+    import time
+
+    restore_head(repo)
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    outs = lock["stages"]["train"]["outs"]
+    expected_md5 = next(out["md5"] for out in outs if out["path"] == "models/model.pt")
+    state = repo / ".dvc/tmp/imgpipe/train-state.pt"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": str(repo / "src")}  # fmt: skip
+    with subprocess.Popen(
+        [sys.executable, "-m", "dvc", "repro", "--single-item", "--force", "train"],
+        cwd=repo, env=env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    ) as run:  # fmt: skip
+        deadline = time.monotonic() + 300
+        while not state.exists():
+            assert run.poll() is None, "train finished before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        os.killpg(run.pid, signal.SIGKILL)
+    assert not (repo / "models/model.pt").exists()  # nothing that looks finished
+    assert "train" in dvc(repo, "status").stdout
+
+    # --force: this exact run's model is in the DVC cache (the fixture made it) and a plain
+    # `dvc repro` would check it out from there; after an edit there is no such shortcut.
+    resumed = dvc(repo, "repro", "--single-item", "--force", "train")
+    assert "resuming after epoch 1" in resumed.stdout + resumed.stderr
+    assert "up to date" in dvc(repo, "status", "train").stdout
+    assert not state.exists()
+    assert hashlib.md5((repo / "models/model.pt").read_bytes()).hexdigest() == expected_md5
+
+
 def test_experiment_with_new_lr_reruns_exactly_training_and_after(repo: Path) -> None:
     run = dvc(repo, "exp", "run", "-S", "lr=1e-4", "--name", "low-lr")
     assert stages_run(run.stdout) == {"train", "evaluate", "export-onnx", "drift-baseline"}

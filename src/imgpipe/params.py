@@ -84,6 +84,12 @@ class Params(_Section):
     warmup_epochs: float = Field(ge=0)
     label_smoothing: float = Field(ge=0, lt=1)
     ema_decay: float = Field(ge=0, lt=1)
+    optimizer: Literal["adamw", "sgd"]
+    schedule: Literal["cosine", "onecycle"]
+    grad_clip: float = Field(ge=0)
+    early_stopping: int = Field(ge=0)
+    class_balance: Literal["none", "loss", "sampler"]
+    compile: bool
     seed: int = Field(ge=0)
     device: Literal["auto", "cpu", "cuda"]
     augment: AugmentParams

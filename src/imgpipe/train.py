@@ -9,11 +9,13 @@ training device, so nothing is decoded during training.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,6 +28,7 @@ from torch import nn
 from torchvision.transforms import v2
 
 from imgpipe.errors import ImgpipeError
+from imgpipe.io import atomic_path
 from imgpipe.model import Classifier, channel_statistics, create_network
 from imgpipe.preprocess import SplitArrays
 
@@ -120,11 +123,18 @@ def train_classifier(
     ema_decay: float,
     seed: int,
     augmentation: Augmentation,
+    optimizer: str = "adamw",
+    schedule: str = "cosine",
+    grad_clip: float = 0.0,
+    early_stopping: int = 0,
+    class_balance: str = "none",
+    compile_model: bool = False,
     pretrained: bool = False,
     device: str = "auto",
     metric_logger: MetricLogger | None = None,
+    state_path: Path | None = None,
 ) -> TrainResult:
-    """Train with AdamW, linear warm-up then cosine decay, keeping the best epoch by val accuracy.
+    """Train, keeping the best epoch by validation accuracy (then loss).
 
     Args:
         train: training split.
@@ -133,45 +143,63 @@ def train_classifier(
         epochs: passes over the training split.
         batch_size: images per optimiser step.
         lr: peak learning rate, reached after ``warmup_epochs``.
-        weight_decay: AdamW decoupled weight decay.
+        weight_decay: decoupled (AdamW) or L2 (SGD) weight decay.
         warmup_epochs: linear warm-up length (may be fractional).
         label_smoothing: cross-entropy label smoothing.
         ema_decay: per-step decay of the weight average that is evaluated and kept; 0 disables.
         seed: drives initial weights, shuffling and augmentation.
         augmentation: random geometry per training image.
+        optimizer: ``adamw`` or ``sgd`` (momentum 0.9, Nesterov).
+        schedule: ``cosine`` (warm-up, cosine decay to lr/100) or ``onecycle``.
+        grad_clip: maximum global gradient norm; 0 disables clipping.
+        early_stopping: stop after this many epochs without a better validation score; 0: never.
+        class_balance: ``none``, ``loss`` (inverse-frequency class weights) or ``sampler``
+            (each epoch draws classes equally often, with replacement).
+        compile_model: ``torch.compile`` the training forward pass.
         pretrained: start from timm's hub weights.
         device: ``auto``, ``cpu`` or ``cuda``.
         metric_logger: receives per-epoch metrics (dvclive's ``Live``).
+        state_path: where the state after each epoch is kept; a run started with the same
+            settings and data continues from it (after a crash or a kill) with the same result
+            as an uninterrupted run. The caller deletes it once the model is saved.
     """
+    settings = {
+        "architecture": architecture, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+        "weight_decay": weight_decay, "warmup_epochs": warmup_epochs,
+        "label_smoothing": label_smoothing, "ema_decay": ema_decay, "seed": seed,
+        "augmentation": asdict(augmentation), "optimizer": optimizer, "schedule": schedule,
+        "grad_clip": grad_clip, "class_balance": class_balance, "pretrained": pretrained,
+        "device": device,
+    }  # fmt: skip
     seed_everything(seed)
     target = resolve_device(device)
     mean, std = channel_statistics(train.images)
     net = create_network(architecture, len(train.classes), train.images.shape[-1], pretrained)
-    model = Classifier(net, mean, std).to(target)
-    if target.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    model, forward = _place(Classifier(net, mean, std), target, compile_model)
     # Warm-up ramps the decay towards ema_decay, so short runs are not dragged to the init.
     average = ModelEmaV3(model, decay=ema_decay, use_warmup=True) if ema_decay > 0 else None
     evaluated: Classifier = average.module if average else model  # type: ignore[assignment]
 
     steps_per_epoch = math.ceil(len(train) / batch_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    schedule = CosineLRScheduler(
-        optimizer,
-        t_initial=epochs * steps_per_epoch,
-        warmup_t=round(warmup_epochs * steps_per_epoch),
-        warmup_lr_init=lr / 100,
-        lr_min=lr / 100,
-        t_in_epochs=False,
-    )
+    opt = _optimizer(optimizer, model.parameters(), lr, weight_decay)
+    scheduler = _Schedule(schedule, opt, lr, epochs * steps_per_epoch,
+                          round(warmup_epochs * steps_per_epoch))  # fmt: skip
+    class_weights = _class_weights(train.labels, len(train.classes))
+    loss_weights = class_weights.to(target) if class_balance == "loss" else None
     augment = augmentation.build()
     shuffler = torch.Generator().manual_seed(seed)
-    history: list[dict[str, float]] = []
-    best_state: dict[str, torch.Tensor] = {}
-    started, seen, step = time.perf_counter(), 0, 0
-    for epoch in range(1, epochs + 1):
+    key = _state_key(settings, train, val)
+    saved = _load_state(state_path, key) if state_path is not None else None
+    progress = saved.restore(model, opt, scheduler, average, shuffler) if saved else _Progress()
+    if saved:
+        log.info("resuming after epoch %d from %s", progress.epoch, state_path)
+    if metric_logger is not None:
+        for record in progress.history:  # the curves the interrupted run had logged
+            _log_epoch(metric_logger, record)
+    started, seen = time.perf_counter(), 0
+    for epoch in range(progress.epoch + 1, epochs + 1):
         model.train()
-        order = torch.randperm(len(train), generator=shuffler).numpy()
+        order = _epoch_order(train.labels, class_weights, class_balance == "sampler", shuffler)
         loss_sum = 0.0
         for start in range(0, len(order), batch_size):
             rows = np.sort(order[start : start + batch_size])  # sorted: sequential memmap reads
@@ -179,14 +207,18 @@ def train_classifier(
             if augment is not None:
                 images = torch.stack([augment(image) for image in images])
             with _autocast(target):
-                loss = F.cross_entropy(model(images), labels, label_smoothing=label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(
+                    forward(images), labels, weight=loss_weights, label_smoothing=label_smoothing
+                )
+            opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
-            optimizer.step()
-            step += 1
-            schedule.step_update(step)
+            if grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            opt.step()
+            progress.step += 1
+            scheduler.step(progress.step)
             if average is not None:
-                average.update(model, step=step)
+                average.update(model, step=progress.step)
             loss_sum += loss.item() * len(rows)
             seen += len(rows)
         val_loss, val_accuracy = evaluate_split(evaluated, val, batch_size, target)
@@ -195,27 +227,206 @@ def train_classifier(
             "train_loss": loss_sum / len(order),
             "val_loss": val_loss,
             "val_accuracy": val_accuracy,
-            "lr": optimizer.param_groups[0]["lr"],
+            "lr": opt.param_groups[0]["lr"],
         }
-        history.append(record)
+        progress.history.append(record)
+        progress.epoch = epoch
         log.info(
             "epoch %d/%d  train_loss %.4f  val_loss %.4f  val_accuracy %.4f",
             epoch, epochs, record["train_loss"], val_loss, val_accuracy,
         )  # fmt: skip
         if metric_logger is not None:
-            for name, value in record.items():
-                if name != "epoch":
-                    metric_logger.log_metric(name.replace("_", "/", 1), value)
-            metric_logger.next_step()
-        if _is_better(record, history):
-            best_state = copy.deepcopy(evaluated.state_dict())
+            _log_epoch(metric_logger, record)
+        if _is_better(record, progress.history):
+            progress.best_state = copy.deepcopy(evaluated.state_dict())
+        if state_path is not None:
+            _save_state(state_path, key, progress, model=model, opt=opt, scheduler=scheduler,
+                        average=average, shuffler=shuffler)  # fmt: skip
+        stale = epoch - max(progress.history, key=_rank)["epoch"]
+        if early_stopping and stale >= early_stopping:
+            log.info("early stopping: no better validation score for %d epochs", stale)
+            break
     elapsed = time.perf_counter() - started
-    best_epoch = max(history, key=_rank)["epoch"]
+    best_epoch = max(progress.history, key=_rank)["epoch"]
     final = Classifier(
         create_network(architecture, len(train.classes), train.images.shape[-1]), mean, std
     )
-    final.load_state_dict({k: v.cpu() for k, v in best_state.items()})
-    return TrainResult(final.eval(), int(best_epoch), mean, std, history, seen / elapsed)
+    final.load_state_dict({k: v.cpu() for k, v in progress.best_state.items()})
+    rate = seen / elapsed if seen else 0.0
+    return TrainResult(final.eval(), int(best_epoch), mean, std, progress.history, rate)
+
+
+def _place(
+    model: Classifier, target: torch.device, compile_model: bool
+) -> tuple[Classifier, Callable[[torch.Tensor], torch.Tensor]]:
+    """The model on ``target`` (channels-last on CUDA, which tensor cores want) and the callable
+    training steps go through (compiled when asked; the module itself keeps the weights)."""
+    model = model.to(target)
+    if target.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    forward = torch.compile(model) if compile_model else model
+    return model, forward  # type: ignore[return-value]
+
+
+def _log_epoch(metric_logger: MetricLogger, record: dict[str, float]) -> None:
+    for name, value in record.items():
+        if name != "epoch":
+            metric_logger.log_metric(name.replace("_", "/", 1), value)
+    metric_logger.next_step()
+
+
+def _optimizer(name: str, parameters: Any, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    if name == "adamw":
+        return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(
+            parameters, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay
+        )
+    raise ImgpipeError(f"optimizer: expected adamw or sgd, got {name!r}")
+
+
+class _Schedule:
+    """Per-step learning rate: timm's warm-up + cosine, or torch's one-cycle."""
+
+    def __init__(self, name: str, opt: torch.optim.Optimizer, lr: float, total: int,
+                 warmup: int) -> None:  # fmt: skip
+        self.name = name
+        self.scheduler: Any
+        if name == "cosine":
+            self.scheduler = CosineLRScheduler(
+                opt, t_initial=total, warmup_t=warmup, warmup_lr_init=lr / 100,
+                lr_min=lr / 100, t_in_epochs=False,
+            )  # fmt: skip
+        elif name == "onecycle":
+            self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                opt, max_lr=lr, total_steps=total, pct_start=max(warmup / total, 0.01),
+                div_factor=100, final_div_factor=100,
+            )  # fmt: skip
+        else:
+            raise ImgpipeError(f"schedule: expected cosine or onecycle, got {name!r}")
+
+    def step(self, step: int) -> None:
+        if self.name == "cosine":
+            self.scheduler.step_update(step)
+        elif step < self.scheduler.total_steps:  # OneCycleLR refuses to step past its end
+            self.scheduler.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.scheduler.state_dict())
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.scheduler.load_state_dict(state)
+
+
+def _epoch_order(
+    labels: np.ndarray, class_weights: torch.Tensor, balanced: bool, shuffler: torch.Generator
+) -> np.ndarray:
+    """This epoch's image order: a permutation, or (balanced) as many draws with replacement,
+    each class equally likely."""
+    if balanced:
+        weights = class_weights[torch.from_numpy(labels)]
+        return torch.multinomial(weights, len(labels), True, generator=shuffler).numpy()
+    return torch.randperm(len(labels), generator=shuffler).numpy()
+
+
+def _class_weights(labels: np.ndarray, classes: int) -> torch.Tensor:
+    """1 / class frequency, scaled so that a balanced dataset gets all ones."""
+    counts = np.bincount(labels, minlength=classes).astype(np.float64)
+    weights = np.where(counts > 0, len(labels) / (classes * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+# --- resuming -------------------------------------------------------------------------------
+
+STATE_FORMAT = 1
+
+
+@dataclass
+class _Progress:
+    epoch: int = 0  # last completed epoch
+    step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_state: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class _SavedState:
+    state: dict[str, Any]
+
+    def restore(
+        self,
+        model: nn.Module,
+        opt: torch.optim.Optimizer,
+        scheduler: _Schedule,
+        average: ModelEmaV3 | None,
+        shuffler: torch.Generator,
+    ) -> _Progress:
+        s = self.state
+        model.load_state_dict(s["model"])
+        opt.load_state_dict(s["optimizer"])
+        scheduler.load_state_dict(s["scheduler"])
+        if average is not None:
+            average.module.load_state_dict(s["average"])
+        shuffler.set_state(s["shuffler"])
+        torch.set_rng_state(s["torch_rng"])
+        if s.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(s["cuda_rng"])
+        return _Progress(s["epoch"], s["step"], list(s["history"]), s["best_state"])
+
+
+def _state_key(settings: dict[str, Any], train: SplitArrays, val: SplitArrays) -> str:
+    """Settings and data a saved state belongs to: a state of another run is never resumed."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for split in (train, val):
+        digest.update(np.ascontiguousarray(split.labels).tobytes())
+        digest.update(json.dumps([split.classes, split.files, split.images.shape]).encode())
+        sample = split.images[:: max(1, len(split) // 64)]  # a cheap look at the pixels too
+        digest.update(np.ascontiguousarray(sample).tobytes())
+    return digest.hexdigest()
+
+
+def _save_state(
+    path: Path,
+    key: str,
+    progress: _Progress,
+    *,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    scheduler: _Schedule,
+    average: ModelEmaV3 | None,
+    shuffler: torch.Generator,
+) -> None:
+    state = {
+        "format": STATE_FORMAT,
+        "key": key,
+        "epoch": progress.epoch,
+        "step": progress.step,
+        "history": progress.history,
+        "best_state": progress.best_state,
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "average": average.module.state_dict() if average is not None else None,
+        "shuffler": shuffler.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+    with atomic_path(path) as temporary:  # a kill mid-write leaves the previous state
+        torch.save(state, temporary)
+
+
+def _load_state(path: Path, key: str) -> _SavedState | None:
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # unreadable: start over rather than fail
+        log.warning("ignoring unreadable training state %s: %s", path, error)
+        return None
+    if state.get("format") != STATE_FORMAT or state.get("key") != key:
+        log.info("training state %s belongs to other settings or data; starting afresh", path)
+        return None
+    return _SavedState(state)
 
 
 def _rank(record: dict[str, float]) -> tuple[float, float]:
