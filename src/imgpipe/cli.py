@@ -166,6 +166,34 @@ def bench_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench_train(args: argparse.Namespace) -> int:
+    from imgpipe.bench import bench_train as run
+    from imgpipe.io import write_json
+    from imgpipe.params import load_params
+    from imgpipe.train import Augmentation
+
+    p = load_params(args.params)
+    configurations = [
+        ("default", p.model, p.preprocess.image_size, p.preprocess.channels, p.batch_size),
+        ("resnet18", "resnet18", 224, 3, args.resnet_batch_size),
+    ]
+    results = {}
+    for name, architecture, size, channels, batch_size in configurations:
+        if args.only and name not in args.only:
+            continue
+        results[name] = run(
+            architecture=architecture, image_size=size, channels=channels,
+            images=args.images if name == "default" else args.resnet_images,
+            epochs=args.epochs, batch_size=batch_size, rounds=args.rounds,
+            augmentation=Augmentation(**p.augment.model_dump()), ema_decay=p.ema_decay,
+        )  # fmt: skip
+        log.info("%s: %s", name, results[name])
+    print(json.dumps(results, indent=2))
+    if args.output:
+        write_json(args.output, results)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imgpipe",
@@ -273,6 +301,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--folder", type=Path, help="reuse/keep the synthetic JPEGs here")
     sub.add_argument("--output", type=Path, help="also write the figures to this JSON file")
     sub.set_defaults(handler=bench_preprocess)
+
+    sub = benches.add_parser(
+        "train",
+        help="train-stage images/s over a bare PyTorch loop (same model, batch, threads), for "
+        "the params.yaml model and for resnet18 at 3x224x224, on synthetic data",
+    )
+    sub.add_argument("--params", type=Path, default=Path("params.yaml"),
+                     help="model, batch size, augmentation and EMA of the default run")  # fmt: skip
+    sub.add_argument("--images", type=int, default=3500,
+                     help="training images, default model (the pipeline's split)")  # fmt: skip
+    sub.add_argument("--resnet-images", type=int, default=256, help="training images, resnet18")
+    sub.add_argument("--resnet-batch-size", type=int, default=32, help="batch size, resnet18")
+    sub.add_argument("--epochs", type=int, default=2, help="epochs of each loop per round")
+    sub.add_argument("--rounds", type=int, default=3, help="alternating rounds; best of each")
+    sub.add_argument("--only", action="append", choices=["default", "resnet18"],
+                     help="run one configuration only (repeatable)")  # fmt: skip
+    sub.add_argument("--output", type=Path, help="also write the figures to this JSON file")
+    sub.set_defaults(handler=bench_train)
 
     sub = benches.add_parser(
         "serve",

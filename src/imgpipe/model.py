@@ -69,23 +69,40 @@ class Classifier(nn.Module):
 
 
 def create_network(
-    architecture: str, num_classes: int, channels: int, pretrained: bool = False
+    architecture: str, num_classes: int, channels: int, pretrained: bool | str | Path = False
 ) -> nn.Module:
     """Any timm model by name, with its head sized for ``num_classes``.
 
-    With ``pretrained``, timm loads its hub weights (and adapts the first convolution to
-    ``channels``); that needs network access to the hub.
+    ``pretrained=True`` loads timm's hub weights (needs network access to the hub); a path loads
+    a local weights file (``.pth``/``.bin``/``.safetensors``, a state dict of the same
+    architecture) through the same timm code. Either way timm adapts the first convolution to
+    ``channels`` (summing or repeating the RGB filters) and a head of another size is replaced.
 
     Raises:
-        ImgpipeError: when timm has no model of that name.
+        ImgpipeError: no timm model of that name, or the weights file is missing or does not fit.
     """
     if not timm.is_model(architecture):
         close = timm.list_models(f"*{architecture.split('_', maxsplit=1)[0]}*")[:5]
         hint = f"; similar: {', '.join(close)}" if close else ""
         raise ImgpipeError(f"model: timm has no model named '{architecture}'{hint}")
-    return timm.create_model(
-        architecture, pretrained=pretrained, num_classes=num_classes, in_chans=channels
-    )
+    if isinstance(pretrained, bool):
+        return timm.create_model(
+            architecture, pretrained=pretrained, num_classes=num_classes, in_chans=channels
+        )
+    weights = Path(pretrained)
+    if not weights.is_file():
+        raise ImgpipeError(f"pretrained: weights file {weights} not found")
+    # timm drops the file's classifier only when its head size differs from the model's default,
+    # so the head is sized by timm's default first and replaced afterwards.
+    try:
+        net: Any = timm.create_model(
+            architecture, pretrained=True, in_chans=channels,
+            pretrained_cfg_overlay={"file": str(weights)},
+        )  # fmt: skip
+    except (RuntimeError, KeyError, ValueError) as error:
+        raise ImgpipeError(f"pretrained: {weights} does not fit {architecture}: {error}") from None
+    net.reset_classifier(num_classes)
+    return net  # type: ignore[no-any-return]
 
 
 def channel_statistics(images: Any, chunk: int = 4096) -> tuple[list[float], list[float]]:

@@ -76,7 +76,7 @@ class Params(_Section):
     ``dvc exp run -S lr=1e-4`` works verbatim."""
 
     model: str = Field(min_length=1)
-    pretrained: bool
+    pretrained: bool | str  # a str is a local weights file
     epochs: int = Field(ge=1)
     batch_size: int = Field(ge=1)
     lr: float = Field(gt=0, lt=10)

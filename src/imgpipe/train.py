@@ -25,11 +25,10 @@ import torch.nn.functional as F  # noqa: N812 (the conventional name)
 from timm.scheduler.cosine_lr import CosineLRScheduler
 from timm.utils.model_ema import ModelEmaV3
 from torch import nn
-from torchvision.transforms import v2
 
 from imgpipe.errors import ImgpipeError
 from imgpipe.io import atomic_path
-from imgpipe.model import Classifier, channel_statistics, create_network
+from imgpipe.model import Classifier, channel_statistics, create_network, file_sha256
 from imgpipe.preprocess import SplitArrays
 
 log = logging.getLogger(__name__)
@@ -44,7 +43,7 @@ class MetricLogger(Protocol):
 
 @dataclass(frozen=True)
 class Augmentation:
-    """Random geometry applied per image during training; zeros switch it off."""
+    """Random geometry drawn per image during training; zeros switch it off."""
 
     degrees: float = 0.0
     translate: float = 0.0
@@ -52,18 +51,45 @@ class Augmentation:
     hflip: bool = False
 
     def build(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        steps: list[nn.Module] = []
-        if self.degrees or self.translate or self.scale:
-            steps.append(
-                v2.RandomAffine(
-                    degrees=self.degrees,
-                    translate=(self.translate, self.translate) if self.translate else None,
-                    scale=(1 - self.scale, 1 + self.scale) if self.scale else None,
-                )
-            )
+        if not (self.degrees or self.translate or self.scale or self.hflip):
+            return None
+        return BatchRandomAffine(self.degrees, self.translate, self.scale, self.hflip)
+
+
+class BatchRandomAffine(nn.Module):
+    """torchvision's ``v2.RandomAffine`` (rotation, translation, scale about the centre) and
+    ``v2.RandomHorizontalFlip``, but with parameters drawn for every image of a batch and the
+    whole batch warped in one ``grid_sample`` call, on whatever device the batch is.
+
+    torchvision draws one set of parameters per call, so per-image randomness meant a Python
+    loop of one call per image, which halved CPU training throughput on 28x28 digits.
+    Expects square ``N x C x H x W`` uint8 batches (what preprocess writes); returns uint8.
+    """
+
+    def __init__(self, degrees: float, translate: float, scale: float, hflip: bool) -> None:
+        super().__init__()
+        self.degrees, self.translate, self.scale, self.hflip = degrees, translate, scale, hflip
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        count, device = len(images), images.device
+
+        def uniform(*shape: int) -> torch.Tensor:  # in [-1, 1), from torch's seeded generator
+            return torch.rand(*shape, device=device) * 2 - 1
+
+        angle = torch.deg2rad(uniform(count) * self.degrees)
+        zoom = 1 + uniform(count) * self.scale
+        shift = uniform(count, 2) * self.translate * 2  # grid units: the image spans [-1, 1]
+        # affine_grid maps output to input coordinates: the inverse of rotate-scale-shift.
+        cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+        inverse = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], -2)
+        theta = torch.cat([inverse, -(inverse @ shift.unsqueeze(-1))], dim=-1)
+        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+        warped = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="zeros",
+                               align_corners=False)  # fmt: skip
         if self.hflip:
-            steps.append(v2.RandomHorizontalFlip())
-        return v2.Compose(steps) if steps else None
+            flip = torch.rand(count, device=device) < 0.5
+            warped = torch.where(flip[:, None, None, None], warped.flip(-1), warped)
+        return warped.round_().clamp_(0, 255).to(torch.uint8)
 
 
 @dataclass
@@ -129,7 +155,7 @@ def train_classifier(
     early_stopping: int = 0,
     class_balance: str = "none",
     compile_model: bool = False,
-    pretrained: bool = False,
+    pretrained: bool | str = False,
     device: str = "auto",
     metric_logger: MetricLogger | None = None,
     state_path: Path | None = None,
@@ -156,7 +182,7 @@ def train_classifier(
         class_balance: ``none``, ``loss`` (inverse-frequency class weights) or ``sampler``
             (each epoch draws classes equally often, with replacement).
         compile_model: ``torch.compile`` the training forward pass.
-        pretrained: start from timm's hub weights.
+        pretrained: start from timm's hub weights (True) or a local weights file (a path).
         device: ``auto``, ``cpu`` or ``cuda``.
         metric_logger: receives per-epoch metrics (dvclive's ``Live``).
         state_path: where the state after each epoch is kept; a run started with the same
@@ -168,7 +194,8 @@ def train_classifier(
         "weight_decay": weight_decay, "warmup_epochs": warmup_epochs,
         "label_smoothing": label_smoothing, "ema_decay": ema_decay, "seed": seed,
         "augmentation": asdict(augmentation), "optimizer": optimizer, "schedule": schedule,
-        "grad_clip": grad_clip, "class_balance": class_balance, "pretrained": pretrained,
+        "grad_clip": grad_clip, "class_balance": class_balance,
+        "pretrained": pretrained if isinstance(pretrained, bool) else file_sha256(Path(pretrained)),
         "device": device,
     }  # fmt: skip
     seed_everything(seed)
@@ -205,7 +232,7 @@ def train_classifier(
             rows = np.sort(order[start : start + batch_size])  # sorted: sequential memmap reads
             images, labels = _batch(train, rows, target)
             if augment is not None:
-                images = torch.stack([augment(image) for image in images])
+                images = augment(images)
             with _autocast(target):
                 loss = F.cross_entropy(
                     forward(images), labels, weight=loss_weights, label_smoothing=label_smoothing
