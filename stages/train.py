@@ -1,15 +1,28 @@
 """Stage train: fit the timm model named by ``model`` on the train split, keep the epoch with
 the best validation accuracy, and log per-epoch curves with dvclive. The state after each epoch
-is kept at --state, so a killed run, started again, continues where it was."""
+is kept at --state, so a killed run, started again, continues where it was. With
+``processes`` > 1 the stage reruns itself under torchrun: DDP over that many processes."""
 
 import argparse
+import logging
+import os
+import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 from imgpipe.model import ModelMeta, save_checkpoint
-from imgpipe.params import load_params
-from imgpipe.preprocess import load_split
+from imgpipe.params import Params, load_params
+from imgpipe.preprocess import SplitArrays, load_split
 from imgpipe.runner import run_stage
-from imgpipe.train import Augmentation, open_live, train_classifier
+from imgpipe.train import (
+    Augmentation,
+    Processes,
+    open_live,
+    relaunch_under_torchrun,
+    start_processes,
+    stop_processes,
+    train_classifier,
+)
 
 
 def main() -> None:
@@ -23,8 +36,25 @@ def main() -> None:
     args = parser.parse_args()
 
     p = load_params()
+    if p.processes > 1 and "WORLD_SIZE" not in os.environ:
+        relaunch_under_torchrun(p.processes, __file__, sys.argv[1:])
+        return
+    processes = start_processes(p.device)
+    if processes.rank != 0:  # rank 0 reports; the others only train
+        logging.getLogger().setLevel(logging.WARNING)
     train, val = load_split(args.data / "train"), load_split(args.data / "val")
-    with open_live(args.live) as live:
+    try:
+        train_and_save(args, p, processes, train, val)
+    finally:
+        stop_processes(processes)
+    if processes.rank == 0:
+        args.state.unlink(missing_ok=True)  # finished: the next run starts afresh
+
+
+def train_and_save(
+    args: argparse.Namespace, p: Params, processes: Processes, train: SplitArrays, val: SplitArrays
+) -> None:
+    with open_live(args.live) if processes.rank == 0 else nullcontext() as live:
         result = train_classifier(
             train,
             val,
@@ -48,7 +78,10 @@ def main() -> None:
             device=p.device,
             metric_logger=live,
             state_path=args.state,
+            processes=processes,
         )
+        if processes.rank != 0:
+            return
         live.summary["best"] = result.best
         meta = ModelMeta(
             architecture=p.model,
@@ -60,7 +93,6 @@ def main() -> None:
             training={"best_epoch": result.best_epoch, **result.best},
         )
         save_checkpoint(args.model, result.model, meta)
-    args.state.unlink(missing_ok=True)  # finished: the next run starts afresh
 
 
 if __name__ == "__main__":

@@ -215,6 +215,20 @@ def test_killed_train_resumes_from_its_last_epoch_and_ends_bit_identical(repo: P
     assert hashlib.md5((repo / "models/model.pt").read_bytes()).hexdigest() == expected_md5
 
 
+def test_train_stage_runs_ddp_under_torchrun_when_processes_is_2(repo: Path) -> None:
+    restore_head(repo)
+    set_params(repo, processes=2)
+    try:
+        ran = dvc(repo, "repro", "train")
+        assert "starting 2 training processes" in ran.stdout + ran.stderr
+        metrics = json.loads((repo / "metrics/train/metrics.json").read_text())
+        assert metrics["step"] == 1 and metrics["best"]["val_accuracy"] > 0.5  # 2 epochs, 1 log
+        assert (repo / "models/model.pt").is_file()
+        assert not (repo / ".dvc/tmp/imgpipe/train-state.pt").exists()
+    finally:
+        restore_head(repo)
+
+
 def test_experiment_with_new_lr_reruns_exactly_training_and_after(repo: Path) -> None:
     run = dvc(repo, "exp", "run", "-S", "lr=1e-4", "--name", "low-lr")
     assert stages_run(run.stdout) == {"train", "evaluate", "export-onnx", "drift-baseline"}

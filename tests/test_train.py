@@ -208,3 +208,30 @@ def test_bench_train_reports_the_ratio() -> None:
         abs=1e-2,
     )
     assert len(results["ratio_per_round"]) == 2
+
+
+def test_two_process_ddp_on_cpu_trains_one_model(tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    worker = str(REPO_ROOT / "tests/ddp_worker.py")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc-per-node=2", worker, str(tmp_path)]  # fmt: skip
+    finished = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world"] for r in reports] == [2, 2]
+    assert reports[0]["history"] == reports[1]["history"]  # losses gathered from both
+    assert max(h["val_accuracy"] for h in reports[0]["history"]) >= 0.9
+    weights = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    for name, tensor in weights[0].items():  # gradients were averaged: one model
+        assert torch.equal(tensor, weights[1][name]), name
+    state = torch.load(tmp_path / "state.pt", weights_only=True)  # written by rank 0 only
+    assert state["epoch"] == 4 and len(state["torch_rng"]) == 2

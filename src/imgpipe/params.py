@@ -90,6 +90,7 @@ class Params(_Section):
     early_stopping: int = Field(ge=0)
     class_balance: Literal["none", "loss", "sampler"]
     compile: bool
+    processes: int = Field(ge=1, le=64)
     seed: int = Field(ge=0)
     device: Literal["auto", "cpu", "cuda"]
     augment: AugmentParams

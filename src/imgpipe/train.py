@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -106,13 +107,68 @@ class TrainResult:
         return self.history[self.best_epoch - 1]
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` picks CUDA when present; asking for ``cuda`` without one is an error."""
+def resolve_device(device: str, local_rank: int = 0) -> torch.device:
+    """``auto`` picks CUDA when present; asking for ``cuda`` without one is an error. On CUDA,
+    the process with ``local_rank`` n of a torchrun job takes GPU n."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise ImgpipeError("device: 'cuda' was asked for but torch sees no CUDA device")
-    return torch.device(device)
+    return torch.device("cuda", local_rank) if device == "cuda" else torch.device(device)
+
+
+@dataclass(frozen=True)
+class Processes:
+    """Where this process stands in a torchrun job (rank 0 of 1 when run alone)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+
+def start_processes(device: str) -> Processes:
+    """Join the torchrun job this process was started by, if any: NCCL on CUDA, gloo on CPU.
+
+    torchrun sets ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``; without them this is a single
+    process and nothing is initialised.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Processes()
+    processes = Processes(int(os.environ["RANK"]), world, int(os.environ["LOCAL_RANK"]))
+    cuda = resolve_device(device).type == "cuda"
+    if cuda:
+        torch.cuda.set_device(processes.local_rank)
+    torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    return processes
+
+
+def relaunch_under_torchrun(count: int, script: str, arguments: list[str]) -> None:
+    """Run ``script`` again as ``count`` processes of a single-machine torchrun job and wait.
+
+    Raises:
+        ImgpipeError: when a process fails (its own log says why).
+    """
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    log.info("starting %d training processes (torchrun, DDP)", count)
+    try:
+        options = parse_args(  # type: ignore[no-untyped-call]
+            ["--standalone", f"--nproc-per-node={count}", script, *arguments]
+        )
+        run(options)  # type: ignore[no-untyped-call]
+    except ChildFailedError as error:
+        raise ImgpipeError(f"a training process failed: {error}") from None
+
+
+def stop_processes(processes: Processes) -> None:
+    if processes.distributed and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def open_live(folder: Path) -> Any:
@@ -159,6 +215,7 @@ def train_classifier(
     device: str = "auto",
     metric_logger: MetricLogger | None = None,
     state_path: Path | None = None,
+    processes: Processes = Processes(),
 ) -> TrainResult:
     """Train, keeping the best epoch by validation accuracy (then loss).
 
@@ -188,6 +245,10 @@ def train_classifier(
         state_path: where the state after each epoch is kept; a run started with the same
             settings and data continues from it (after a crash or a kill) with the same result
             as an uninterrupted run. The caller deletes it once the model is saved.
+        processes: this process's place in a torchrun job (:func:`start_processes`). With
+            several, the model is wrapped in DistributedDataParallel and each process takes
+            its share of every ``batch_size`` batch (so the optimisation step sees the same
+            global batch); rank 0 alone writes the state. Pass ``metric_logger`` on rank 0 only.
     """
     settings = {
         "architecture": architecture, "epochs": epochs, "batch_size": batch_size, "lr": lr,
@@ -196,13 +257,13 @@ def train_classifier(
         "augmentation": asdict(augmentation), "optimizer": optimizer, "schedule": schedule,
         "grad_clip": grad_clip, "class_balance": class_balance,
         "pretrained": pretrained if isinstance(pretrained, bool) else file_sha256(Path(pretrained)),
-        "device": device,
+        "device": device, "processes": processes.world,
     }  # fmt: skip
     seed_everything(seed)
-    target = resolve_device(device)
+    target = resolve_device(device, processes.local_rank)
     mean, std = channel_statistics(train.images)
     net = create_network(architecture, len(train.classes), train.images.shape[-1], pretrained)
-    model, forward = _place(Classifier(net, mean, std), target, compile_model)
+    model, forward = _place(Classifier(net, mean, std), target, compile_model, processes)
     # Warm-up ramps the decay towards ema_decay, so short runs are not dragged to the init.
     average = ModelEmaV3(model, decay=ema_decay, use_warmup=True) if ema_decay > 0 else None
     evaluated: Classifier = average.module if average else model  # type: ignore[assignment]
@@ -217,7 +278,11 @@ def train_classifier(
     shuffler = torch.Generator().manual_seed(seed)
     key = _state_key(settings, train, val)
     saved = _load_state(state_path, key) if state_path is not None else None
-    progress = saved.restore(model, opt, scheduler, average, shuffler) if saved else _Progress()
+    progress = (
+        saved.restore(model, opt, scheduler, average, shuffler, rank=processes.rank)
+        if saved
+        else _Progress()
+    )
     if saved:
         log.info("resuming after epoch %d from %s", progress.epoch, state_path)
     if metric_logger is not None:
@@ -229,7 +294,8 @@ def train_classifier(
         order = _epoch_order(train.labels, class_weights, class_balance == "sampler", shuffler)
         loss_sum = 0.0
         for start in range(0, len(order), batch_size):
-            rows = np.sort(order[start : start + batch_size])  # sorted: sequential memmap reads
+            # This process's share of the global batch; sorted: sequential memmap reads.
+            rows = np.sort(order[start : start + batch_size][processes.rank :: processes.world])
             images, labels = _batch(train, rows, target)
             if augment is not None:
                 images = augment(images)
@@ -248,6 +314,8 @@ def train_classifier(
                 average.update(model, step=progress.step)
             loss_sum += loss.item() * len(rows)
             seen += len(rows)
+        loss_sum = _sum_over_processes(loss_sum, processes, target)
+        _share_buffers_of_rank_0([model, evaluated], processes)
         val_loss, val_accuracy = evaluate_split(evaluated, val, batch_size, target)
         record = {
             "epoch": epoch,
@@ -268,7 +336,7 @@ def train_classifier(
             progress.best_state = copy.deepcopy(evaluated.state_dict())
         if state_path is not None:
             _save_state(state_path, key, progress, model=model, opt=opt, scheduler=scheduler,
-                        average=average, shuffler=shuffler)  # fmt: skip
+                        average=average, shuffler=shuffler, processes=processes)  # fmt: skip
         stale = epoch - max(progress.history, key=_rank)["epoch"]
         if early_stopping and stale >= early_stopping:
             log.info("early stopping: no better validation score for %d epochs", stale)
@@ -279,20 +347,47 @@ def train_classifier(
         create_network(architecture, len(train.classes), train.images.shape[-1]), mean, std
     )
     final.load_state_dict({k: v.cpu() for k, v in progress.best_state.items()})
-    rate = seen / elapsed if seen else 0.0
+    rate = seen * processes.world / elapsed if seen else 0.0
     return TrainResult(final.eval(), int(best_epoch), mean, std, progress.history, rate)
 
 
 def _place(
-    model: Classifier, target: torch.device, compile_model: bool
+    model: Classifier, target: torch.device, compile_model: bool, processes: Processes
 ) -> tuple[Classifier, Callable[[torch.Tensor], torch.Tensor]]:
     """The model on ``target`` (channels-last on CUDA, which tensor cores want) and the callable
-    training steps go through (compiled when asked; the module itself keeps the weights)."""
+    training steps go through: DistributedDataParallel in a torchrun job (it averages the
+    gradients across processes during backward), compiled when asked. The module itself keeps
+    the weights."""
     model = model.to(target)
     if target.type == "cuda":
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    forward = torch.compile(model) if compile_model else model
-    return model, forward  # type: ignore[return-value]
+    forward: Any = model
+    if processes.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward = DistributedDataParallel(
+            model, device_ids=[target.index] if target.type == "cuda" else None
+        )
+    if compile_model:
+        forward = torch.compile(forward)
+    return model, forward
+
+
+def _sum_over_processes(value: float, processes: Processes, device: torch.device) -> float:
+    if not processes.distributed:
+        return value
+    total = torch.tensor([value], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(total)
+    return float(total.item())
+
+
+def _share_buffers_of_rank_0(modules: list[nn.Module], processes: Processes) -> None:
+    """Batch-norm statistics are updated by each process from its own images, so they drift
+    apart between the all-reduced steps; rank 0's are made everyone's before validating."""
+    if processes.distributed:
+        for module in modules:
+            for buffer in module.buffers():
+                torch.distributed.broadcast(buffer, src=0)
 
 
 def _log_epoch(metric_logger: MetricLogger, record: dict[str, float]) -> None:
@@ -365,7 +460,7 @@ def _class_weights(labels: np.ndarray, classes: int) -> torch.Tensor:
 
 # --- resuming -------------------------------------------------------------------------------
 
-STATE_FORMAT = 1
+STATE_FORMAT = 2
 
 
 @dataclass
@@ -387,6 +482,8 @@ class _SavedState:
         scheduler: _Schedule,
         average: ModelEmaV3 | None,
         shuffler: torch.Generator,
+        *,
+        rank: int,
     ) -> _Progress:
         s = self.state
         model.load_state_dict(s["model"])
@@ -395,9 +492,9 @@ class _SavedState:
         if average is not None:
             average.module.load_state_dict(s["average"])
         shuffler.set_state(s["shuffler"])
-        torch.set_rng_state(s["torch_rng"])
-        if s.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(s["cuda_rng"])
+        torch.set_rng_state(s["torch_rng"][rank])  # augmentation draws differ per process
+        if s["cuda_rng"][rank] is not None:
+            torch.cuda.set_rng_state(s["cuda_rng"][rank])
         return _Progress(s["epoch"], s["step"], list(s["history"]), s["best_state"])
 
 
@@ -422,7 +519,17 @@ def _save_state(
     scheduler: _Schedule,
     average: ModelEmaV3 | None,
     shuffler: torch.Generator,
+    processes: Processes,
 ) -> None:
+    cuda_rng = torch.cuda.get_rng_state() if torch.cuda.is_available() else None
+    torch_rngs: list[Any] = [torch.get_rng_state()]
+    cuda_rngs: list[Any] = [cuda_rng]
+    if processes.distributed:  # every process's generators, gathered on all
+        torch_rngs, cuda_rngs = [None] * processes.world, [None] * processes.world
+        torch.distributed.all_gather_object(torch_rngs, torch.get_rng_state())
+        torch.distributed.all_gather_object(cuda_rngs, cuda_rng)
+    if processes.rank != 0:
+        return
     state = {
         "format": STATE_FORMAT,
         "key": key,
@@ -435,8 +542,8 @@ def _save_state(
         "scheduler": scheduler.state_dict(),
         "average": average.module.state_dict() if average is not None else None,
         "shuffler": shuffler.get_state(),
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "torch_rng": torch_rngs,
+        "cuda_rng": cuda_rngs,
     }
     with atomic_path(path) as temporary:  # a kill mid-write leaves the previous state
         torch.save(state, temporary)
