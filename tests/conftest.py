@@ -57,6 +57,19 @@ def tiny_model() -> tuple[Classifier, ModelMeta]:
     return model, meta
 
 
+@pytest.fixture(scope="session")
+def tiny_onnx(
+    tiny_model: tuple[Classifier, ModelMeta], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """``tiny_model`` exported as the export-onnx stage does (checkpoint sha256 "c0ffee")."""
+    from imgpipe.export import export_onnx
+
+    model, meta = tiny_model
+    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    export_onnx(model, meta, path, opset=18, provenance={"checkpoint_sha256": "c0ffee"})
+    return path
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -22,7 +22,6 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from imgpipe.export import export_onnx
 from imgpipe.features import OnnxClassifier
 from imgpipe.model import Classifier, ModelMeta
 from imgpipe.preprocess import SplitArrays
@@ -45,13 +44,8 @@ def uploads(images: np.ndarray, prefix: str = "img") -> list[tuple[str, tuple[st
 
 
 @pytest.fixture(scope="module")
-def onnx_model(
-    tiny_model: tuple[Classifier, ModelMeta], tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    model, meta = tiny_model
-    path = tmp_path_factory.mktemp("serve") / "model.onnx"
-    export_onnx(model, meta, path, opset=18, provenance={"checkpoint_sha256": "c0ffee"})
-    return path
+def onnx_model(tiny_onnx: Path) -> Path:
+    return tiny_onnx
 
 
 @pytest.fixture(scope="module")

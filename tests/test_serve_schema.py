@@ -4,6 +4,7 @@ admits (and much it does not), the service answers without a server error."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -11,21 +12,14 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from imgpipe.export import export_onnx
-from imgpipe.model import Classifier, ModelMeta
 from imgpipe.serve import ServeConfig
 from tests.test_serve import LiveServer
 
 
 @pytest.fixture(scope="module")
-def live_url(
-    tiny_model: tuple[Classifier, ModelMeta], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    model, meta = tiny_model
-    root = tmp_path_factory.mktemp("schema")
-    export_onnx(model, meta, root / "model.onnx", opset=18, provenance={})
-    config = ServeConfig(model=root / "model.onnx", feature_log=root / "requests.jsonl")
-    with LiveServer(config) as server:
+def live_url(tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    log = tmp_path_factory.mktemp("schema") / "requests.jsonl"
+    with LiveServer(ServeConfig(model=tiny_onnx, feature_log=log)) as server:
         yield server.url
 
 
