@@ -5,20 +5,15 @@ import onnx
 import pytest
 import torch
 
-from imgpipe.export import ParityError, check_parity, export_onnx, read_onnx_metadata
+from imgpipe.export import ParityError, check_parity, read_onnx_metadata
 from imgpipe.features import OnnxClassifier
 from imgpipe.model import Classifier, ModelMeta
 from tests.conftest import make_split
 
 
 @pytest.fixture(scope="module")
-def exported(
-    tiny_model: tuple[Classifier, ModelMeta], tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    model, meta = tiny_model
-    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
-    export_onnx(model, meta, path, opset=18, provenance={"checkpoint_sha256": "abc"})
-    return path
+def exported(tiny_onnx: Path) -> Path:
+    return tiny_onnx
 
 
 def test_one_file_with_dynamic_batch_and_metadata(
@@ -29,7 +24,7 @@ def test_one_file_with_dynamic_batch_and_metadata(
     graph = onnx.load(exported).graph
     assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
     assert not graph.input[0].type.tensor_type.shape.dim[0].HasField("dim_value")  # symbolic batch
-    assert read_onnx_metadata(exported) == {**meta.to_dict(), "checkpoint_sha256": "abc"}
+    assert read_onnx_metadata(exported) == {**meta.to_dict(), "checkpoint_sha256": "c0ffee"}
 
     images = make_split(5).images
     report = check_parity(exported, model, images, tolerance=1e-4)
