@@ -458,10 +458,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 @dataclass
 class _Service:
-    config: ServeConfig
-    classifier: OnnxClassifier
-    identity: ModelIdentity
-    metrics: ServiceMetrics
+    """What the lifespan starts; the request handlers find it here."""
+
     batcher: MicroBatcher | None = None
     feature_log: FeatureLog | None = None
 
@@ -481,7 +479,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         checkpoint_sha256=meta.get("checkpoint_sha256"),
     )
     metrics = ServiceMetrics(classifier.classes)
-    service = _Service(config, classifier, identity, metrics)
+    service = _Service()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -511,7 +509,6 @@ def create_app(config: ServeConfig) -> FastAPI:
         summary="Image classification with the pipeline's exported ONNX model",
         lifespan=lifespan,
     )
-    app.state.service = service
     app.add_middleware(RequestGuard, metrics=metrics, max_body_bytes=config.max_upload_bytes)
 
     @app.exception_handler(StarletteHTTPException)
