@@ -6,11 +6,12 @@ import argparse
 import logging
 from pathlib import Path
 
-from imgpipe.features import OnnxClassifier, baseline_summary, feature_table, sample_images
+from imgpipe.features import baseline_summary, feature_table, sample_images
 from imgpipe.io import atomic_path, write_json
 from imgpipe.params import load_params
-from imgpipe.preprocess import load_split
 from imgpipe.runner import run_stage
+from imgpipe.runtime import OnnxClassifier
+from imgpipe.splits import load_split
 
 log = logging.getLogger("imgpipe.stages.drift_baseline")
 

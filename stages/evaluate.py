@@ -15,12 +15,12 @@ from imgpipe.evaluate import (
     misclassified_rows,
     one_vs_rest_curves,
 )
+from imgpipe.inference import predict_split, resolve_device
 from imgpipe.io import atomic_path, write_json
 from imgpipe.model import load_checkpoint
 from imgpipe.params import load_params
-from imgpipe.preprocess import load_split
 from imgpipe.runner import run_stage
-from imgpipe.train import predict_split, resolve_device
+from imgpipe.splits import load_split
 
 log = logging.getLogger("imgpipe.stages.evaluate")
 

@@ -6,11 +6,11 @@ import logging
 from pathlib import Path
 
 from imgpipe.export import check_parity, export_onnx
-from imgpipe.io import atomic_path, write_json
-from imgpipe.model import file_sha256, load_checkpoint
+from imgpipe.io import atomic_path, file_sha256, write_json
+from imgpipe.model import load_checkpoint
 from imgpipe.params import load_params
-from imgpipe.preprocess import load_split
 from imgpipe.runner import run_stage
+from imgpipe.splits import load_split
 
 log = logging.getLogger("imgpipe.stages.export_onnx")
 

@@ -8,7 +8,6 @@ from pathlib import Path
 from imgpipe.io import write_json
 from imgpipe.params import load_params
 from imgpipe.preprocess import (
-    SPLITS,
     assign_splits,
     data_report,
     list_samples,
@@ -16,6 +15,7 @@ from imgpipe.preprocess import (
     write_split,
 )
 from imgpipe.runner import run_stage
+from imgpipe.splits import SPLITS
 
 log = logging.getLogger("imgpipe.stages.preprocess")
 

@@ -10,19 +10,18 @@ import sys
 from contextlib import nullcontext
 from pathlib import Path
 
-from imgpipe.model import ModelMeta, save_checkpoint
-from imgpipe.params import Params, load_params
-from imgpipe.preprocess import SplitArrays, load_split
-from imgpipe.runner import run_stage
-from imgpipe.train import (
-    Augmentation,
+from imgpipe.config import TrainConfig
+from imgpipe.distributed import (
     Processes,
-    open_live,
     relaunch_under_torchrun,
     start_processes,
     stop_processes,
-    train_classifier,
 )
+from imgpipe.model import ModelMeta, save_checkpoint
+from imgpipe.params import load_params
+from imgpipe.runner import run_stage
+from imgpipe.splits import SplitArrays, load_split
+from imgpipe.train import open_live, train_classifier
 
 
 def main() -> None:
@@ -35,16 +34,16 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    p = load_params()
-    if p.processes > 1 and "WORLD_SIZE" not in os.environ:
-        relaunch_under_torchrun(p.processes, __file__, sys.argv[1:])
+    config = load_params().training()
+    if config.processes > 1 and "WORLD_SIZE" not in os.environ:
+        relaunch_under_torchrun(config.processes, __file__, sys.argv[1:])
         return
-    processes = start_processes(p.device)
+    processes = start_processes(config.device)
     if processes.rank != 0:  # rank 0 reports; the others only train
         logging.getLogger().setLevel(logging.WARNING)
     train, val = load_split(args.data / "train"), load_split(args.data / "val")
     try:
-        train_and_save(args, p, processes, train, val)
+        train_and_save(args, config, processes, train, val)
     finally:
         stop_processes(processes)
     if processes.rank == 0:
@@ -52,39 +51,21 @@ def main() -> None:
 
 
 def train_and_save(
-    args: argparse.Namespace, p: Params, processes: Processes, train: SplitArrays, val: SplitArrays
+    args: argparse.Namespace,
+    config: TrainConfig,
+    processes: Processes,
+    train: SplitArrays,
+    val: SplitArrays,
 ) -> None:
     with open_live(args.live) if processes.rank == 0 else nullcontext() as live:
         result = train_classifier(
-            train,
-            val,
-            architecture=p.model,
-            pretrained=p.pretrained,
-            epochs=p.epochs,
-            batch_size=p.batch_size,
-            lr=p.lr,
-            weight_decay=p.weight_decay,
-            warmup_epochs=p.warmup_epochs,
-            label_smoothing=p.label_smoothing,
-            ema_decay=p.ema_decay,
-            optimizer=p.optimizer,
-            schedule=p.schedule,
-            grad_clip=p.grad_clip,
-            early_stopping=p.early_stopping,
-            class_balance=p.class_balance,
-            compile_model=p.compile,
-            seed=p.seed,
-            augmentation=Augmentation(**p.augment.model_dump()),
-            device=p.device,
-            metric_logger=live,
-            state_path=args.state,
-            processes=processes,
+            train, val, config, metric_logger=live, state_path=args.state, processes=processes
         )
         if processes.rank != 0:
             return
         live.summary["best"] = result.best
         meta = ModelMeta(
-            architecture=p.model,
+            architecture=config.model,
             classes=train.classes,
             image_size=train.images.shape[1],
             channels=train.images.shape[3],

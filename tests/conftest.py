@@ -12,8 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
+from imgpipe.config import TrainConfig
 from imgpipe.model import Classifier, ModelMeta, create_network
-from imgpipe.preprocess import SplitArrays
+from imgpipe.params import load_params
+from imgpipe.splits import SplitArrays
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,6 +34,18 @@ def make_split(per_class: int, size: int = 32, seed: int = 0) -> SplitArrays:
     labels = np.repeat(np.arange(2), per_class).astype(np.int64)
     files = [f"{c}/{i}.png" for c in ("left", "right") for i in range(per_class)]
     return SplitArrays(images, labels, ["left", "right"], files)
+
+
+def train_config(**changes: object) -> TrainConfig:
+    """The committed training settings shrunk to seconds on the pattern images, with
+    ``changes`` (validated, as params.yaml would be)."""
+    tiny = {
+        "model": "test_resnet", "pretrained": False, "epochs": 4, "batch_size": 8, "lr": 3e-3,
+        "weight_decay": 0.05, "warmup_epochs": 1, "label_smoothing": 0.1, "ema_decay": 0.9,
+        "seed": 0, "device": "cpu", "processes": 1, "compile": False,
+        "augment": {"degrees": 5, "translate": 0.05, "scale": 0, "hflip": False},
+    }  # fmt: skip
+    return load_params(REPO_ROOT / "params.yaml").training().replace(**{**tiny, **changes})
 
 
 def write_image_folder(root: Path, per_class: int = 6, size: int = 32) -> Path:

@@ -64,10 +64,12 @@ def test_stage_scripts_explain_themselves(script: str) -> None:
 def test_bench_preprocess_reports_ratios(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from bench.__main__ import main as bench_main
+
     out = tmp_path / "bench.json"
     arguments = ["--images", "24", "--size", "40", "--target", "32", "--workers", "2"]
     files = ["--folder", str(tmp_path / "jpegs"), "--output", str(out)]
-    code = main(["bench", "preprocess", *arguments, *files])
+    code = bench_main(["preprocess", *arguments, *files])
     assert code == 0
     results = json.loads(out.read_text())
     assert results["images"] == 24

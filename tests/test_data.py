@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from imgpipe.data import SourceError, fetch, split_folders
+from imgpipe.data import SourceError, fetch
+from imgpipe.layout import split_folders
 from tests.conftest import write_image_folder
 
 

@@ -11,8 +11,9 @@ from PIL import Image
 
 from imgpipe.cli import main
 from imgpipe.export import export_onnx
-from imgpipe.features import OnnxClassifier, feature_table
+from imgpipe.features import feature_table
 from imgpipe.model import Classifier, ModelMeta
+from imgpipe.runtime import OnnxClassifier
 from tests.conftest import pattern_images
 
 

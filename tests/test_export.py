@@ -5,9 +5,9 @@ import onnx
 import pytest
 import torch
 
-from imgpipe.export import ParityError, check_parity, read_onnx_metadata
-from imgpipe.features import OnnxClassifier
+from imgpipe.export import ParityError, check_parity
 from imgpipe.model import Classifier, ModelMeta
+from imgpipe.runtime import OnnxClassifier, read_onnx_metadata
 from tests.conftest import make_split
 
 

@@ -149,8 +149,9 @@ def test_service_predictions_on_the_test_split_equal_evaluates(repo: Path) -> No
     from fastapi.testclient import TestClient
     from PIL import Image
 
-    from imgpipe.preprocess import load_split
-    from imgpipe.serve import ServeConfig, create_app
+    from imgpipe.serving.app import create_app
+    from imgpipe.serving.config import ServeConfig
+    from imgpipe.splits import load_split
 
     test = load_split(repo / "data/processed/test")
     config = ServeConfig(model=repo / "models/model.onnx", max_images=64)

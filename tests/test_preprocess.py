@@ -9,9 +9,9 @@ from imgpipe.preprocess import (
     assign_splits,
     data_report,
     list_samples,
-    load_split,
     write_split,
 )
+from imgpipe.splits import load_split
 from tests.conftest import write_image_folder
 
 

@@ -22,11 +22,13 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from imgpipe.features import OnnxClassifier
+from imgpipe.inference import predict_split
 from imgpipe.model import Classifier, ModelMeta
-from imgpipe.preprocess import SplitArrays
-from imgpipe.serve import MicroBatcher, ServeConfig, create_app
-from imgpipe.train import predict_split
+from imgpipe.runtime import OnnxClassifier
+from imgpipe.serving.app import create_app
+from imgpipe.serving.batching import MicroBatcher
+from imgpipe.serving.config import ServeConfig
+from imgpipe.splits import SplitArrays
 from tests.conftest import free_port, make_split
 
 
@@ -416,11 +418,11 @@ def test_drift_reads_the_service_log_and_flags_inverted_traffic(
 
 
 def test_bench_serve_reports_levels_and_the_ratio(onnx_model: Path, tmp_path: Path) -> None:
-    from imgpipe.cli import main
+    from bench.__main__ import main as bench_main
 
     out = tmp_path / "bench.json"
     arguments = ["--model", str(onnx_model), "--requests", "40", "--concurrency", "1", "4"]
-    assert main(["bench", "serve", *arguments, "--output", str(out)]) == 0
+    assert bench_main(["serve", *arguments, "--output", str(out)]) == 0
     results = json.loads(out.read_text())
     assert results["onnxruntime_batch"]["images_per_second"] > 0
     assert [level["concurrency"] for level in results["levels"]] == [1, 4]

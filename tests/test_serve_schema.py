@@ -12,7 +12,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from imgpipe.serve import ServeConfig
+from imgpipe.serving.config import ServeConfig
 from tests.test_serve import LiveServer
 
 

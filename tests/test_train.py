@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from imgpipe.train import Augmentation, TrainResult, train_classifier
-from tests.conftest import make_split
+from imgpipe.train import TrainResult, train_classifier
+from tests.conftest import make_split, train_config
 
 
 class Recorder:
@@ -24,17 +24,7 @@ def run(seed: int, logger: Recorder | None = None) -> TrainResult:
     return train_classifier(
         make_split(24, seed=1),
         make_split(8, seed=2),
-        architecture="test_resnet",
-        epochs=4,
-        batch_size=8,
-        lr=3e-3,
-        weight_decay=0.05,
-        warmup_epochs=1,
-        label_smoothing=0.1,
-        ema_decay=0.9,
-        seed=seed,
-        augmentation=Augmentation(degrees=5, translate=0.05),
-        device="cpu",
+        train_config(seed=seed),
         metric_logger=logger,
     )
 
@@ -64,15 +54,6 @@ def test_same_seed_gives_identical_weights_and_another_seed_does_not() -> None:
     )
 
 
-def settings(**overrides: object) -> dict[str, object]:
-    base: dict[str, object] = {
-        "architecture": "test_resnet", "epochs": 4, "batch_size": 8, "lr": 3e-3,
-        "weight_decay": 0.05, "warmup_epochs": 1, "label_smoothing": 0.1, "ema_decay": 0.9,
-        "seed": 0, "augmentation": Augmentation(degrees=5, translate=0.05), "device": "cpu",
-    }  # fmt: skip
-    return {**base, **overrides}
-
-
 class CrashError(Exception):
     pass
 
@@ -95,12 +76,14 @@ def test_a_crashed_run_resumes_from_its_last_epoch_with_identical_results(
 ) -> None:
     train, val = make_split(24, seed=1), make_split(8, seed=2)
     state = tmp_path / "state.pt"
-    uninterrupted = train_classifier(train, val, **settings())  # type: ignore[arg-type]
+    uninterrupted = train_classifier(train, val, train_config())
     with pytest.raises(CrashError):
-        train_classifier(train, val, **settings(), metric_logger=CrashAtEpoch(3), state_path=state)  # type: ignore[arg-type]
+        train_classifier(
+            train, val, train_config(), metric_logger=CrashAtEpoch(3), state_path=state
+        )
     assert torch.load(state, weights_only=True)["epoch"] == 2
     recorder = Recorder()
-    resumed = train_classifier(train, val, **settings(), metric_logger=recorder, state_path=state)  # type: ignore[arg-type]
+    resumed = train_classifier(train, val, train_config(), metric_logger=recorder, state_path=state)
     assert recorder.steps == 4  # epochs 1-2 replayed into the logger, 3-4 trained
     assert resumed.history == uninterrupted.history
     for name, tensor in uninterrupted.model.state_dict().items():
@@ -111,19 +94,21 @@ def test_a_state_from_other_settings_is_not_resumed(tmp_path: Path) -> None:
     train, val = make_split(24, seed=1), make_split(8, seed=2)
     state = tmp_path / "state.pt"
     with pytest.raises(CrashError):
-        train_classifier(train, val, **settings(), metric_logger=CrashAtEpoch(2), state_path=state)  # type: ignore[arg-type]
+        train_classifier(
+            train, val, train_config(), metric_logger=CrashAtEpoch(2), state_path=state
+        )
     recorder = Recorder()
     result = train_classifier(
-        train, val, **settings(lr=1e-3), metric_logger=recorder, state_path=state
-    )  # type: ignore[arg-type]
+        train, val, train_config(lr=1e-3), metric_logger=recorder, state_path=state
+    )
     assert recorder.steps == 4 and [h["epoch"] for h in result.history] == [1, 2, 3, 4]
 
 
 def test_sgd_one_cycle_with_clipping_learns() -> None:
     result = train_classifier(
         make_split(24, seed=1), make_split(8, seed=2),
-        **settings(epochs=6, warmup_epochs=2, lr=0.01, weight_decay=5e-4, optimizer="sgd",
-                   schedule="onecycle", grad_clip=1.0),  # type: ignore[arg-type]
+        train_config(epochs=6, warmup_epochs=2, lr=0.01, weight_decay=5e-4, optimizer="sgd",
+                     schedule="onecycle", grad_clip=1.0),
     )  # fmt: skip
     lrs = [h["lr"] for h in result.history]
     assert max(lrs) > lrs[0] and max(lrs) > lrs[-1]  # up, then down
@@ -136,21 +121,21 @@ def test_early_stopping_stops_after_the_patience_runs_out() -> None:
     result = train_classifier(
         make_split(24, seed=1),
         val,
-        **settings(epochs=15, early_stopping=2),  # type: ignore[arg-type]
+        train_config(epochs=15, early_stopping=2),
     )
     assert len(result.history) < 15
     assert result.history[-1]["epoch"] - result.best_epoch == 2
 
 
 def test_class_balance_by_sampler_and_by_loss_weights() -> None:
-    from imgpipe.train import _class_weights, _epoch_order
+    from imgpipe.train import class_weights, epoch_order
 
     labels = np.array([0] * 90 + [1] * 10)
-    weights = _class_weights(labels, 2)
+    weights = class_weights(labels, 2)
     assert torch.allclose(weights, torch.tensor([100 / 180, 100 / 20]))
-    order = _epoch_order(labels, weights, balanced=True, shuffler=torch.Generator().manual_seed(0))
+    order = epoch_order(labels, weights, balanced=True, shuffler=torch.Generator().manual_seed(0))
     assert len(order) == 100 and 35 <= (labels[order] == 1).sum() <= 65
-    assert sorted(_epoch_order(labels, weights, False, torch.Generator().manual_seed(0))) == list(
+    assert sorted(epoch_order(labels, weights, False, torch.Generator().manual_seed(0))) == list(
         range(100)
     )
 
@@ -164,7 +149,7 @@ def test_class_balance_by_sampler_and_by_loss_weights() -> None:
         balance: train_classifier(
             skewed,
             make_split(8, seed=2),
-            **settings(epochs=5, class_balance=balance),  # type: ignore[arg-type]
+            train_config(epochs=5, class_balance=balance),
         ).best["val_accuracy"]
         for balance in ("none", "loss", "sampler")
     }
@@ -173,7 +158,7 @@ def test_class_balance_by_sampler_and_by_loss_weights() -> None:
 
 
 def test_batch_random_affine_draws_per_image_and_keeps_uint8() -> None:
-    from imgpipe.train import BatchRandomAffine
+    from imgpipe.augment import BatchRandomAffine
 
     square = torch.zeros(16, 1, 32, 32, dtype=torch.uint8)
     square[:, :, 12:20, 12:20] = 200
@@ -195,12 +180,10 @@ def test_batch_random_affine_draws_per_image_and_keeps_uint8() -> None:
 
 
 def test_bench_train_reports_the_ratio() -> None:
-    from imgpipe.bench import bench_train
+    from bench.bench import bench_train
 
-    results = bench_train(
-        architecture="test_resnet", image_size=16, channels=1, images=64, epochs=1,
-        batch_size=16, augmentation=Augmentation(degrees=5), ema_decay=0.9, rounds=2,
-    )  # fmt: skip
+    config = train_config(epochs=1, warmup_epochs=0, batch_size=16, augment={"degrees": 5})
+    results = bench_train(config, image_size=16, channels=1, images=64, rounds=2)
     assert results["bare_loop_images_per_second"] > 0
     assert results["train_stage_images_per_second"] > 0
     assert results["ratio"] == pytest.approx(

@@ -8,11 +8,31 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import yaml
+
 from imgpipe import __version__
+from imgpipe.classify import MAX_PIXELS, TOP_K
 from imgpipe.errors import ImgpipeError
 from imgpipe.runner import configure_logging, log
+from imgpipe.serving.config import ServeConfig
 
-DEFAULT_ONNX = Path("models/model.onnx")
+
+def pipeline_path(name: str, dvc_yaml: Path = Path("dvc.yaml")) -> Path | None:
+    """A path that ``dvc.yaml`` names in its ``vars`` (``onnx``, ``drift_reference``, ...), when
+    the command runs in a checkout: the defaults of the options that point at pipeline outputs."""
+    try:
+        blocks = yaml.safe_load(dvc_yaml.read_text(encoding="utf-8")).get("vars", [])
+        paths = next(b["paths"] for b in blocks if isinstance(b, dict) and "paths" in b)
+        return Path(paths[name])
+    except (OSError, yaml.YAMLError, AttributeError, StopIteration, KeyError, TypeError):
+        return None
+
+
+def _given(path: Path | None, option: str) -> Path:
+    if path is None:
+        raise ImgpipeError(f"{option}: no dvc.yaml here to take the pipeline's path from; "
+                           f"pass {option}")  # fmt: skip
+    return path
 
 
 def check_params(args: argparse.Namespace) -> int:
@@ -24,42 +44,35 @@ def check_params(args: argparse.Namespace) -> int:
 
 
 def info(args: argparse.Namespace) -> int:
-    from imgpipe.export import read_onnx_metadata
+    from imgpipe.runtime import read_onnx_metadata
 
-    print(json.dumps(read_onnx_metadata(args.model), indent=2, sort_keys=True))
+    print(json.dumps(read_onnx_metadata(_given(args.model, "--model")), indent=2, sort_keys=True))
     return 0
 
 
 def predict(args: argparse.Namespace) -> int:
-    """Classify image files with the exported model; one JSON line per image."""
-    import numpy as np
+    """Classify image files with the exported model; one JSON line per image. Files are decoded
+    under the service's policy (formats, pixel limit)."""
+    from imgpipe.classify import DecodePolicy, top_classes
+    from imgpipe.images import ImageDecodeError
+    from imgpipe.runtime import OnnxClassifier
 
-    from imgpipe.features import OnnxClassifier
-    from imgpipe.images import ImageDecodeError, decode_image
-
-    classifier = OnnxClassifier(args.model)
-    size, channels = int(classifier.meta["image_size"]), int(classifier.meta["channels"])
+    classifier = OnnxClassifier(_given(args.model, "--model"))
+    policy = DecodePolicy(max_pixels=args.max_pixels)
     failed = 0
     for path in args.images:
         try:
-            pixels = decode_image(Path(path), size, channels)
+            pixels = policy.decode(Path(path), classifier)
         except (ImageDecodeError, OSError) as error:
             print(json.dumps({"file": str(path), "error": str(error)}))
             failed += 1
             continue
-        probabilities, _ = classifier.run(pixels[np.newaxis])
-        top = np.argsort(-probabilities[0])[: args.top_k]
-        print(
-            json.dumps(
-                {
-                    "file": str(path),
-                    "top": [
-                        {"class": classifier.classes[i], "probability": round(float(p), 6)}
-                        for i, p in zip(top, probabilities[0][top], strict=True)
-                    ],
-                }
-            )
-        )
+        probabilities, _ = classifier.run(pixels[None])
+        top = [
+            {"class": name, "probability": round(probability, 6)}
+            for name, probability in top_classes(probabilities[0], classifier.classes, args.top_k)
+        ]
+        print(json.dumps({"file": str(path), "top": top}))
     return 1 if failed else 0
 
 
@@ -68,7 +81,8 @@ def drift(args: argparse.Namespace) -> int:
     from imgpipe.drift import run_drift
 
     result = run_drift(
-        args.current, args.reference, args.model, args.out,
+        args.current, _given(args.reference, "--reference"), _given(args.model, "--model"),
+        args.out,
         drift_share=args.drift_share, embedding_threshold=args.embedding_threshold,
     )  # fmt: skip
     summary = result.summary
@@ -104,10 +118,10 @@ def check_metrics(args: argparse.Namespace) -> int:
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from imgpipe.serve import ServeConfig, create_app
+    from imgpipe.serving.app import create_app
 
     config = ServeConfig(
-        model=args.model,
+        model=_given(args.model, "--model"),
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         max_images=args.max_images,
         max_pixels=args.max_pixels,
@@ -124,77 +138,10 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def bench_preprocess(args: argparse.Namespace) -> int:
-    import tempfile
-
-    from imgpipe.bench import bench_preprocess as run
-    from imgpipe.io import write_json
-
-    with tempfile.TemporaryDirectory(prefix="imgpipe-bench-") as scratch:
-        folder = args.folder or Path(scratch) / "jpegs"
-        results = run(
-            folder, Path(scratch) / "arrays",
-            count=args.images, size=args.size, target=args.target, workers=args.workers,
-        )  # fmt: skip
-    print(json.dumps(results, indent=2))
-    if args.output:
-        write_json(args.output, results)
-    return 0
-
-
-def bench_serve(args: argparse.Namespace) -> int:
-    import tempfile
-
-    from imgpipe.bench import bench_serve as run
-    from imgpipe.bench import export_random_model
-    from imgpipe.io import write_json
-
-    with tempfile.TemporaryDirectory(prefix="imgpipe-bench-serve-") as scratch:
-        model = args.model
-        if args.architecture:
-            model = export_random_model(
-                Path(scratch) / "model.onnx", args.architecture, args.image_size, args.channels
-            )
-        results = run(
-            model, concurrency=args.concurrency, requests=args.requests,
-            max_batch=args.max_batch, batch_window_ms=args.batch_window_ms,
-            threads=args.threads, log_dir=Path(scratch),
-        )  # fmt: skip
-    print(json.dumps(results, indent=2))
-    if args.output:
-        write_json(args.output, results)
-    return 0
-
-
-def bench_train(args: argparse.Namespace) -> int:
-    from imgpipe.bench import bench_train as run
-    from imgpipe.io import write_json
-    from imgpipe.params import load_params
-    from imgpipe.train import Augmentation
-
-    p = load_params(args.params)
-    configurations = [
-        ("default", p.model, p.preprocess.image_size, p.preprocess.channels, p.batch_size),
-        ("resnet18", "resnet18", 224, 3, args.resnet_batch_size),
-    ]
-    results = {}
-    for name, architecture, size, channels, batch_size in configurations:
-        if args.only and name not in args.only:
-            continue
-        results[name] = run(
-            architecture=architecture, image_size=size, channels=channels,
-            images=args.images if name == "default" else args.resnet_images,
-            epochs=args.epochs, batch_size=batch_size, rounds=args.rounds,
-            augmentation=Augmentation(**p.augment.model_dump()), ema_decay=p.ema_decay,
-        )  # fmt: skip
-        log.info("%s: %s", name, results[name])
-    print(json.dumps(results, indent=2))
-    if args.output:
-        write_json(args.output, results)
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
+    onnx = pipeline_path("onnx")
+    model_help = f"ONNX file (default: dvc.yaml's {onnx})" if onnx else "ONNX file"
+    served = ServeConfig(model=Path())  # the service's defaults
     parser = argparse.ArgumentParser(
         prog="imgpipe",
         description="Tools around the imgpipe DVC pipeline. Run the pipeline itself with "
@@ -208,13 +155,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.set_defaults(handler=check_params)
 
     sub = commands.add_parser("info", help="print the metadata embedded in an exported model")
-    sub.add_argument("model", type=Path, nargs="?", default=DEFAULT_ONNX, help="ONNX file")
+    sub.add_argument("model", type=Path, nargs="?", default=onnx, help=model_help)
     sub.set_defaults(handler=info)
 
     sub = commands.add_parser("predict", help="classify image files with the exported model")
     sub.add_argument("images", nargs="+", help="image files (any format Pillow reads)")
-    sub.add_argument("--model", type=Path, default=DEFAULT_ONNX, help="ONNX file")
-    sub.add_argument("--top-k", type=int, default=3, help="classes to print per image")
+    sub.add_argument("--model", type=Path, default=onnx, help=model_help)
+    sub.add_argument("--top-k", type=int, default=TOP_K, help="classes to print per image")
+    sub.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                     help="largest image (width x height), checked before decoding")  # fmt: skip
     sub.set_defaults(handler=predict)
 
     sub = commands.add_parser(
@@ -226,10 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="a folder of images, or a .parquet/.csv/.jsonl table of logged features",
     )  # fmt: skip
     sub.add_argument(
-        "--reference", type=Path, default=Path("data/drift_baseline/reference.parquet"),
-        help="reference table written by the drift-baseline stage",
+        "--reference", type=Path, default=pipeline_path("drift_reference"),
+        help="reference table written by the drift-baseline stage (default: dvc.yaml's)",
     )  # fmt: skip
-    sub.add_argument("--model", type=Path, default=DEFAULT_ONNX, help="ONNX model")
+    sub.add_argument("--model", type=Path, default=onnx, help=model_help)
     sub.add_argument("--out", type=Path, default=Path("reports/drift"),
                      help="folder for report.html (Evidently) and drift.json")  # fmt: skip
     sub.add_argument("--drift-share", type=float, default=0.5,
@@ -266,80 +215,34 @@ def build_parser() -> argparse.ArgumentParser:
         "requests are micro-batched; per-image features go to a rotating JSON-lines log that "
         "`imgpipe drift --current` reads.",
     )
-    sub.add_argument("--model", type=Path, default=DEFAULT_ONNX, help="ONNX file")
+    sub.add_argument("--model", type=Path, default=onnx, help=model_help)
     sub.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: all)")
     sub.add_argument("--port", type=int, default=8000, help="TCP port")
-    sub.add_argument("--max-upload-mb", type=float, default=16, help="largest request body")
-    sub.add_argument("--max-images", type=int, default=32, help="most files per request")
-    sub.add_argument("--max-pixels", type=int, default=25_000_000,
+    sub.add_argument("--max-upload-mb", type=float, default=served.max_upload_bytes / 2**20,
+                     help="largest request body")  # fmt: skip
+    sub.add_argument("--max-images", type=int, default=served.max_images,
+                     help="most files per request")  # fmt: skip
+    sub.add_argument("--max-pixels", type=int, default=served.max_pixels,
                      help="largest image (width x height), checked before decoding")  # fmt: skip
-    sub.add_argument("--batch-window-ms", type=float, default=2.0,
+    sub.add_argument("--batch-window-ms", type=float, default=served.batch_window_ms,
                      help="how long a lone request waits for others to batch with")  # fmt: skip
-    sub.add_argument("--max-batch", type=int, default=64, help="images per inference call")
-    sub.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: all cores)")
+    sub.add_argument("--max-batch", type=int, default=served.max_batch,
+                     help="images per inference call")  # fmt: skip
+    sub.add_argument("--threads", type=int, default=served.threads,
+                     help="onnxruntime threads (0: all cores)")  # fmt: skip
     sub.add_argument("--feature-log", type=Path, default=Path("logs/requests.jsonl"),
                      help="JSON-lines log of per-image features; rotated to "
                      "requests.1.jsonl, ...")  # fmt: skip
     sub.add_argument("--no-feature-log", action="store_true", help="do not log features")
-    sub.add_argument("--feature-log-max-mb", type=float, default=50, help="rotate after this")
-    sub.add_argument("--feature-log-backups", type=int, default=10, help="rotated files kept")
+    sub.add_argument("--feature-log-max-mb", type=float, help="rotate after this",
+                     default=served.feature_log_max_bytes / 2**20)  # fmt: skip
+    sub.add_argument("--feature-log-backups", type=int, default=served.feature_log_backups,
+                     help="rotated files kept")  # fmt: skip
     sub.add_argument("--log-level", default="info", help="uvicorn log level")
     sub.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True,
                      help="log one line per request")  # fmt: skip
     sub.set_defaults(handler=serve)
 
-    bench = commands.add_parser("bench", help="benchmarks printing ratios from one run")
-    benches = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
-    sub = benches.add_parser(
-        "preprocess",
-        help="decode+resize throughput, all cores vs one worker; peak memory vs array size",
-    )
-    sub.add_argument("--images", type=int, default=20_000, help="synthetic JPEGs to decode")
-    sub.add_argument("--size", type=int, default=256, help="side of the synthetic JPEGs")
-    sub.add_argument("--target", type=int, default=224, help="side to resize to")
-    sub.add_argument("--workers", type=int, default=0, help="parallel run's processes (0: all)")
-    sub.add_argument("--folder", type=Path, help="reuse/keep the synthetic JPEGs here")
-    sub.add_argument("--output", type=Path, help="also write the figures to this JSON file")
-    sub.set_defaults(handler=bench_preprocess)
-
-    sub = benches.add_parser(
-        "train",
-        help="train-stage images/s over a bare PyTorch loop (same model, batch, threads), for "
-        "the params.yaml model and for resnet18 at 3x224x224, on synthetic data",
-    )
-    sub.add_argument("--params", type=Path, default=Path("params.yaml"),
-                     help="model, batch size, augmentation and EMA of the default run")  # fmt: skip
-    sub.add_argument("--images", type=int, default=3500,
-                     help="training images, default model (the pipeline's split)")  # fmt: skip
-    sub.add_argument("--resnet-images", type=int, default=256, help="training images, resnet18")
-    sub.add_argument("--resnet-batch-size", type=int, default=32, help="batch size, resnet18")
-    sub.add_argument("--epochs", type=int, default=2, help="epochs of each loop per round")
-    sub.add_argument("--rounds", type=int, default=3, help="alternating rounds; best of each")
-    sub.add_argument("--only", action="append", choices=["default", "resnet18"],
-                     help="run one configuration only (repeatable)")  # fmt: skip
-    sub.add_argument("--output", type=Path, help="also write the figures to this JSON file")
-    sub.set_defaults(handler=bench_train)
-
-    sub = benches.add_parser(
-        "serve",
-        help="load test of imgpipe serve over loopback: req/s, p50/p95/p99, errors per "
-        "concurrency, and served req/s over onnxruntime's batch images/s",
-    )
-    sub.add_argument("--model", type=Path, default=DEFAULT_ONNX, help="ONNX file")
-    sub.add_argument("--architecture",
-                     help="bench a randomly initialised timm model of this name instead of "
-                     "--model (e.g. resnet18)")  # fmt: skip
-    sub.add_argument("--image-size", type=int, default=224, help="input side, with --architecture")
-    sub.add_argument("--channels", type=int, default=3, help="input channels, with --architecture")
-    sub.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32],
-                     help="concurrent clients, one level each")  # fmt: skip
-    sub.add_argument("--requests", type=int, default=2000, help="one-image requests per level")
-    sub.add_argument("--max-batch", type=int, default=64,
-                     help="service batch limit, and the onnxruntime baseline's batch")  # fmt: skip
-    sub.add_argument("--batch-window-ms", type=float, default=2.0, help="service batching window")
-    sub.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: all cores)")
-    sub.add_argument("--output", type=Path, help="also write the figures to this JSON file")
-    sub.set_defaults(handler=bench_serve)
     return parser
 
 

@@ -15,11 +15,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from imgpipe.data import has_junk_part
 from imgpipe.errors import ImgpipeError
-from imgpipe.features import STATISTIC_COLUMNS, OnnxClassifier, feature_table
+from imgpipe.features import STATISTIC_COLUMNS, feature_table
 from imgpipe.images import ImageDecodeError, decode_image
 from imgpipe.io import atomic_path, write_json
+from imgpipe.layout import has_junk_part
+from imgpipe.runtime import OnnxClassifier
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +56,12 @@ def current_features(source: Path, classifier: OnnxClassifier) -> pd.DataFrame:
 
 
 def _features_of_folder(folder: Path, classifier: OnnxClassifier) -> pd.DataFrame:
-    size, channels = int(classifier.meta["image_size"]), int(classifier.meta["channels"])
     decoded, skipped = [], 0
     for path in sorted(folder.rglob("*")):
         if not path.is_file() or has_junk_part(path, folder):
             continue
         try:
-            decoded.append(decode_image(path, size, channels))
+            decoded.append(decode_image(path, classifier.image_size, classifier.channels))
         except ImageDecodeError as reason:
             log.warning("skipping %s: %s", path, reason)
             skipped += 1

@@ -1,8 +1,8 @@
 """The ``export-onnx`` stage's library: one-file ONNX, dynamic batch, metadata, parity gate.
 
-The ONNX graph takes ``images`` (``uint8``, ``N x C x H x W``) and returns ``logits`` and the
-penultimate-layer ``embedding``; the model's :class:`~imgpipe.model.ModelMeta` is embedded as JSON
-under the metadata key :data:`METADATA_KEY`, so a consumer needs this one file and nothing else.
+The file follows the contract of :mod:`imgpipe.runtime` (input and output names, the model's
+:class:`~imgpipe.model.ModelMeta` as JSON metadata), so a consumer needs this one file,
+onnxruntime and nothing else.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -21,12 +20,9 @@ from torch import nn
 
 from imgpipe.errors import ImgpipeError
 from imgpipe.model import Classifier, ModelMeta
+from imgpipe.runtime import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, open_session
 
 log = logging.getLogger(__name__)
-
-METADATA_KEY = "imgpipe"
-INPUT_NAME = "images"
-OUTPUT_NAMES = ("logits", "embedding")
 
 
 class ParityError(ImgpipeError):
@@ -88,37 +84,6 @@ def _drop_stack_traces(proto: onnx.ModelProto) -> None:
             kept = [p for p in node.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
             del node.metadata_props[:]
             node.metadata_props.extend(kept)
-
-
-def open_session(path: Path, threads: int = 0, spin: bool = True) -> Any:
-    """An onnxruntime session on the best available provider (CUDA when present).
-
-    ``spin=False`` stops idle worker threads busy-waiting for the next call: right for a
-    service, whose event loop and decoding threads need the cores between batches.
-    """
-    import onnxruntime as ort
-
-    if not Path(path).is_file():
-        raise ImgpipeError(f"{path}: ONNX model not found (run `dvc repro export-onnx`)")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    if not spin:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(
-        str(path), sess_options=options, providers=ort.get_available_providers()
-    )
-
-
-def session_metadata(session: Any, path: Path) -> dict[str, Any]:
-    """The metadata :func:`export_onnx` embedded (classes, image size, normalisation, ...)."""
-    raw = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
-    if raw is None:
-        raise ImgpipeError(f"{path}: no '{METADATA_KEY}' metadata; was it exported by imgpipe?")
-    return dict(json.loads(raw))
-
-
-def read_onnx_metadata(path: Path) -> dict[str, Any]:
-    return session_metadata(open_session(path), path)
 
 
 @dataclass(frozen=True)

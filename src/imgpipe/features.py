@@ -2,17 +2,19 @@
 
 The ``drift-baseline`` stage computes them for a sample of the training data; the service and
 ``imgpipe drift`` compute the same columns for live traffic, so the two tables compare directly.
+Built on :mod:`imgpipe.runtime` (no torch).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
-from imgpipe.export import INPUT_NAME, OUTPUT_NAMES, open_session, session_metadata
+from imgpipe.runtime import OnnxClassifier
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 STATISTIC_COLUMNS = ("brightness", "contrast", "sharpness", "dark_fraction", "bright_fraction")
 
@@ -41,28 +43,10 @@ def image_statistics(images: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-class OnnxClassifier:
-    """The exported model in onnxruntime, with its embedded metadata."""
-
-    def __init__(self, path: Path, threads: int = 0, spin: bool = True) -> None:
-        self.session = open_session(path, threads, spin)
-        self.meta = session_metadata(self.session, path)
-        self.classes: list[str] = list(self.meta["classes"])
-
-    def run(self, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-        """Softmax probabilities and embeddings for ``N x H x W x C`` uint8 images."""
-        probabilities, embeddings = [], []
-        for start in range(0, len(images), batch_size):
-            batch = np.ascontiguousarray(images[start : start + batch_size].transpose(0, 3, 1, 2))
-            logits, embedding = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})
-            shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-            probabilities.append(shifted / shifted.sum(axis=1, keepdims=True))
-            embeddings.append(embedding)
-        return np.concatenate(probabilities), np.concatenate(embeddings)
-
-
 def feature_table(classifier: OnnxClassifier, images: np.ndarray) -> pd.DataFrame:
     """One row per image: statistics, predicted class, confidence and ``emb_*`` columns."""
+    import pandas as pd  # here, not above: the service uses this module and not pandas
+
     probabilities, embeddings = classifier.run(images)
     table = pd.DataFrame(image_statistics(images))
     table["predicted"] = [classifier.classes[i] for i in probabilities.argmax(axis=1)]

@@ -1,4 +1,5 @@
-"""Writing outputs so that an interrupted stage never leaves something that looks finished.
+"""Files: outputs written so that an interrupted stage never leaves something that looks
+finished, JSON in stable bytes, and content hashes.
 
 Every output is written under a temporary name beside its target and renamed into place only
 when complete; a rename within one folder is atomic on POSIX file systems.
@@ -6,6 +7,7 @@ when complete; a rename within one folder is atomic on POSIX file systems.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -49,6 +51,15 @@ def write_json(target: Path, data: Any) -> None:
 
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's content, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _remove(path: Path) -> None:

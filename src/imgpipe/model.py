@@ -7,7 +7,6 @@ them the decoded pixels from :func:`imgpipe.images.decode_image` and nothing els
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,11 +144,3 @@ def load_checkpoint(path: Path) -> tuple[Classifier, ModelMeta]:
     model = Classifier(net, meta.mean, meta.std)
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval(), meta
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from imgpipe.config import FrozenSettings, TrainConfig
 from imgpipe.errors import ImgpipeError
 
 DEFAULT_PARAMS_PATH = Path("params.yaml")
@@ -22,17 +23,13 @@ class ParamsError(ImgpipeError):
     """``params.yaml`` is missing, unreadable or does not fit the schema."""
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DataParams(_Section):
+class DataParams(FrozenSettings):
     source: str = Field(min_length=1)
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
     max_extract_bytes: int = Field(gt=0)
 
 
-class PreprocessParams(_Section):
+class PreprocessParams(FrozenSettings):
     image_size: int = Field(ge=8, le=4096)
     channels: Literal[1, 3]
     val_fraction: float = Field(gt=0, lt=1)
@@ -50,63 +47,29 @@ class PreprocessParams(_Section):
         return self
 
 
-class AugmentParams(_Section):
-    degrees: float = Field(ge=0, le=180)
-    translate: float = Field(ge=0, lt=1)
-    scale: float = Field(ge=0, lt=1)
-    hflip: bool
-
-
-class EvaluateParams(_Section):
+class EvaluateParams(FrozenSettings):
     batch_size: int = Field(ge=1)
 
 
-class ExportParams(_Section):
+class ExportParams(FrozenSettings):
     opset: int = Field(ge=17, le=23)
     tolerance: float = Field(gt=0)
 
 
-class DriftBaselineParams(_Section):
+class DriftBaselineParams(FrozenSettings):
     sample_size: int = Field(ge=10)
     seed: int = Field(ge=0)
 
 
-class Params(_Section):
-    """Everything in ``params.yaml``. Training hyperparameters are top-level keys so that
-    ``dvc exp run -S lr=1e-4`` works verbatim."""
+class Params(TrainConfig):
+    """Everything in ``params.yaml``: the training settings at the top level (so that
+    ``dvc exp run -S lr=1e-4`` works verbatim) and a section per other stage."""
 
-    model: str = Field(min_length=1)
-    pretrained: bool | str  # a str is a local weights file
-    epochs: int = Field(ge=1)
-    batch_size: int = Field(ge=1)
-    lr: float = Field(gt=0, lt=10)
-    weight_decay: float = Field(ge=0)
-    warmup_epochs: float = Field(ge=0)
-    label_smoothing: float = Field(ge=0, lt=1)
-    ema_decay: float = Field(ge=0, lt=1)
-    optimizer: Literal["adamw", "sgd"]
-    schedule: Literal["cosine", "onecycle"]
-    grad_clip: float = Field(ge=0)
-    early_stopping: int = Field(ge=0)
-    class_balance: Literal["none", "loss", "sampler"]
-    compile: bool
-    processes: int = Field(ge=1, le=64)
-    seed: int = Field(ge=0)
-    device: Literal["auto", "cpu", "cuda"]
-    augment: AugmentParams
     data: DataParams
     preprocess: PreprocessParams
     evaluate: EvaluateParams
     export: ExportParams
     drift_baseline: DriftBaselineParams
-
-    @model_validator(mode="after")
-    def _warmup_fits(self) -> Params:
-        if self.warmup_epochs >= self.epochs:
-            raise ValueError(
-                f"warmup_epochs ({self.warmup_epochs}) must be smaller than epochs ({self.epochs})"
-            )
-        return self
 
 
 def load_params(path: Path = DEFAULT_PARAMS_PATH) -> Params:

@@ -1,8 +1,8 @@
-"""The ``preprocess`` stage's library: ImageFolder tree -> split, decoded, resized uint8 arrays.
+"""The ``preprocess`` stage's library: ImageFolder tree -> split, decoded, resized uint8 arrays,
+and the data report.
 
-Each split is written to ``<out>/<split>/`` as ``images.npy`` (``N x H x W x C`` uint8, each row
-written to its offset by the decoding worker, so memory stays flat), ``labels.npy`` (int64) and
-``meta.json`` (class names and the source file of every row).
+Each split is written in the format of :mod:`imgpipe.splits`, each row of ``images.npy``
+written to its offset by the decoding worker, so memory stays flat.
 """
 
 from __future__ import annotations
@@ -22,14 +22,13 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
-from imgpipe.data import has_junk_part, is_junk, split_folders
 from imgpipe.errors import ImgpipeError
 from imgpipe.images import ImageDecodeError, decode_image
-from imgpipe.io import atomic_path, read_json, write_json
+from imgpipe.io import atomic_path
+from imgpipe.layout import has_junk_part, is_junk, split_folders
+from imgpipe.splits import IMAGES_FILE, compact_rows, create_image_array, write_labels_and_meta
 
 log = logging.getLogger(__name__)
-
-SPLITS = ("train", "val", "test")
 
 
 class PreprocessError(ImgpipeError):
@@ -40,19 +39,6 @@ class PreprocessError(ImgpipeError):
 class Sample:
     path: Path  # relative to the raw root, for reports
     label: int
-
-
-@dataclass
-class SplitArrays:
-    """One split as arrays; ``images`` may be a read-only memory map."""
-
-    images: np.ndarray  # N x H x W x C, uint8
-    labels: np.ndarray  # N, int64
-    classes: list[str]
-    files: list[str] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.labels)
 
 
 def list_samples(root: Path) -> tuple[list[str], dict[str | None, list[Sample]]]:
@@ -168,8 +154,8 @@ def write_split(
     row_shape = (image_size, image_size, channels)
     with atomic_path(destination) as temporary:
         temporary.mkdir()
-        array = temporary / "images.npy"
-        header = _write_npy_header(array, (len(samples), *row_shape))
+        array = temporary / IMAGES_FILE
+        header = create_image_array(array, (len(samples), *row_shape))
         row_bytes = int(np.prod(row_shape))
         jobs = [
             (raw_root / s.path, image_size, channels, array, header + i * row_bytes)
@@ -195,9 +181,8 @@ def write_split(
                 files.append(file)
                 outcome.digests[file] = detail
         if outcome.skipped:
-            _compact_rows(array, header, row_bytes, kept_rows, row_shape)
-        np.save(temporary / "labels.npy", np.asarray(labels, dtype=np.int64))
-        write_json(temporary / "meta.json", {"classes": classes, "files": files})
+            compact_rows(array, header, row_bytes, kept_rows, row_shape)
+        write_labels_and_meta(temporary, labels, classes, files)
     return outcome
 
 
@@ -219,45 +204,6 @@ def _decode_job(job: _Job) -> _Result:
         handle.seek(offset)
         handle.write(data)
     return True, hashlib.blake2b(data, digest_size=16).hexdigest()
-
-
-def _write_npy_header(path: Path, shape: tuple[int, ...]) -> int:
-    """Create ``path`` as a uint8 ``.npy`` of ``shape`` (sparse, zero-filled); return the header
-    length. The header is padded generously so a smaller row count can be written over it."""
-    text = _npy_header_text(shape)
-    length = -(-(len(_NPY_MAGIC) + 2 + len(text) + 32) // 64) * 64
-    with path.open("wb") as handle:
-        handle.write(_npy_header_bytes(text, length))
-        handle.truncate(length + int(np.prod(shape)))
-    return length
-
-
-_NPY_MAGIC = b"\x93NUMPY\x01\x00"
-
-
-def _npy_header_text(shape: tuple[int, ...]) -> bytes:
-    return repr({"descr": "|u1", "fortran_order": False, "shape": shape}).encode()
-
-
-def _npy_header_bytes(text: bytes, length: int) -> bytes:
-    body = text.ljust(length - len(_NPY_MAGIC) - 2 - 1) + b"\n"
-    return _NPY_MAGIC + len(body).to_bytes(2, "little") + body
-
-
-def _compact_rows(
-    path: Path, header: int, row_bytes: int, kept: list[int], row_shape: tuple[int, ...]
-) -> None:
-    """Move the kept rows together (skipped files left gaps), fix the header, cut the tail."""
-    with path.open("r+b") as handle:
-        for new, old in enumerate(kept):
-            if new != old:
-                handle.seek(header + old * row_bytes)
-                row = handle.read(row_bytes)
-                handle.seek(header + new * row_bytes)
-                handle.write(row)
-        handle.seek(0)
-        handle.write(_npy_header_bytes(_npy_header_text((len(kept), *row_shape)), header))
-        handle.truncate(header + len(kept) * row_bytes)
 
 
 @contextmanager
@@ -296,20 +242,6 @@ def find_leaks(
         if kinds:
             leaks.append({"across": kinds, "copies": sorted(copies, key=lambda c: c["file"])})
     return sorted(leaks, key=lambda leak: leak["copies"][0]["file"])
-
-
-def load_split(folder: Path) -> SplitArrays:
-    """Open a split written by :func:`write_split`; images are memory-mapped, read-only."""
-    try:
-        meta = read_json(folder / "meta.json")
-        return SplitArrays(
-            images=np.load(folder / "images.npy", mmap_mode="r"),
-            labels=np.load(folder / "labels.npy"),
-            classes=list(meta["classes"]),
-            files=list(meta["files"]),
-        )
-    except FileNotFoundError as exc:
-        raise ImgpipeError(f"{folder}: not a preprocessed split ({exc.filename} missing)") from None
 
 
 def data_report(

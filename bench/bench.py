@@ -1,5 +1,5 @@
-"""Benchmarks that print ratios against a baseline measured in the same run (shared, noisy
-machines make absolute timings meaningless across runs)."""
+"""The benchmarks behind ``python -m bench``: each prints ratios against a baseline measured in
+the same run (shared, noisy machines make absolute timings meaningless across runs)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import psutil
 from PIL import Image
 from tqdm import tqdm
 
+from imgpipe.config import TrainConfig
 from imgpipe.errors import ImgpipeError
 from imgpipe.preprocess import Sample, worker_count, write_split
 
@@ -161,10 +162,10 @@ def bench_serve(
     feature log on) and is sent one-image PNG requests by ``c`` concurrent clients for each
     ``c`` in ``concurrency``.
     """
-    from imgpipe.features import OnnxClassifier
+    from imgpipe.runtime import OnnxClassifier
 
     classifier = OnnxClassifier(model, threads=threads)
-    size, channels = int(classifier.meta["image_size"]), int(classifier.meta["channels"])
+    size, channels = classifier.image_size, classifier.channels
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (max_batch, size, size, channels), dtype=np.uint8)
     baseline = _onnxruntime_images_per_second(classifier, images)
@@ -291,26 +292,22 @@ async def _load(url: str, payloads: list[bytes], clients: int, requests: int) ->
 
 
 def bench_train(
+    config: TrainConfig,
     *,
-    architecture: str,
     image_size: int,
     channels: int,
     images: int,
-    epochs: int,
-    batch_size: int,
-    augmentation: Any,
-    ema_decay: float,
     rounds: int = 3,
     classes: int = 10,
 ) -> dict[str, Any]:
     """The train stage's throughput against a bare PyTorch loop, same model/batch/threads.
 
-    Both train a randomly initialised ``architecture`` on the same synthetic uint8 images on the
-    CPU. The bare loop is forward, cross-entropy, backward, AdamW step over tensors already in
-    memory; the stage's loop (:func:`~imgpipe.train.train_classifier`) also gathers batches from
-    the arrays, augments every image, keeps the weight average, steps the schedule and
-    validates after each epoch (on a split a tenth the size of the training one, as in the
-    default pipeline).
+    Both train a randomly initialised ``config.model`` on the same synthetic uint8 images on the
+    CPU for ``config.epochs``. The bare loop is forward, cross-entropy, backward, AdamW step over
+    tensors already in memory; the stage's loop (:func:`~imgpipe.train.train_classifier` with
+    ``config``) also gathers batches from the arrays, augments every image, keeps the weight
+    average, steps the schedule and validates after each epoch (on a split a tenth the size of
+    the training one, as in the default pipeline).
 
     The bare loop trains on the images augmented once beforehand (untimed): CPU convolution
     speed depends on the pixel values (uniform noise trained ~30% faster than the same noise
@@ -320,10 +317,14 @@ def bench_train(
     import torch
     import torch.nn.functional as F  # noqa: N812
 
+    from imgpipe.augment import build_augmentation
     from imgpipe.model import Classifier, create_network
-    from imgpipe.preprocess import SplitArrays
+    from imgpipe.splits import SplitArrays
     from imgpipe.train import train_classifier
 
+    config = config.replace(device="cpu", processes=1, compile=False, early_stopping=0,
+                            pretrained=False)  # fmt: skip
+    architecture, epochs, batch_size = config.model, config.epochs, config.batch_size
     rng = np.random.default_rng(0)
 
     def split(count: int) -> SplitArrays:
@@ -345,7 +346,7 @@ def bench_train(
                            [0.25] * channels).train()  # fmt: skip
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
         tensors = torch.from_numpy(train.images).permute(0, 3, 1, 2).contiguous()
-        augment = augmentation.build()
+        augment = build_augmentation(config.augment)
         if augment is not None:  # augmented once, untimed: see the docstring
             tensors = torch.cat([augment(tensors[i : i + 256]) for i in range(0, images, 256)])
         targets = torch.from_numpy(train.labels)
@@ -361,11 +362,7 @@ def bench_train(
 
     def train_stage() -> float:
         started = time.perf_counter()
-        train_classifier(
-            train, val, architecture=architecture, epochs=epochs, batch_size=batch_size,
-            lr=1e-3, weight_decay=0.05, warmup_epochs=0, label_smoothing=0.1,
-            ema_decay=ema_decay, seed=0, augmentation=augmentation, device="cpu",
-        )  # fmt: skip
+        train_classifier(train, val, config)
         return images * epochs / (time.perf_counter() - started)
 
     # Alternating rounds, best of each: a shared machine's slow spells hit both sides alike.

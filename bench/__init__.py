@@ -1,0 +1,1 @@
+"""imgpipe's benchmarks: `python -m bench --help`."""

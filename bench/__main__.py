@@ -1,0 +1,167 @@
+"""Benchmarks of imgpipe, one command each, printing ratios against a baseline measured in the
+same run (shared, noisy machines make absolute timings meaningless across runs):
+
+    python -m bench preprocess     decoding throughput, all cores vs one; peak memory
+    python -m bench train          train stage vs a bare PyTorch loop
+    python -m bench serve          imgpipe serve under load vs onnxruntime's batch rate
+
+Run from the repository root in the project's environment (``./run.sh python -m bench ...``).
+Not part of the installed package: its load client and memory sampler are dev dependencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from imgpipe.cli import pipeline_path
+from imgpipe.errors import ImgpipeError
+from imgpipe.runner import configure_logging
+
+log = logging.getLogger("bench")
+DEFAULT_ONNX = pipeline_path("onnx")
+
+
+def bench_preprocess(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from bench.bench import bench_preprocess as run
+    from imgpipe.io import write_json
+
+    with tempfile.TemporaryDirectory(prefix="imgpipe-bench-") as scratch:
+        folder = args.folder or Path(scratch) / "jpegs"
+        results = run(
+            folder, Path(scratch) / "arrays",
+            count=args.images, size=args.size, target=args.target, workers=args.workers,
+        )  # fmt: skip
+    print(json.dumps(results, indent=2))
+    if args.output:
+        write_json(args.output, results)
+    return 0
+
+
+def bench_serve(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from bench.bench import bench_serve as run
+    from bench.bench import export_random_model
+    from imgpipe.io import write_json
+
+    with tempfile.TemporaryDirectory(prefix="imgpipe-bench-serve-") as scratch:
+        model = args.model
+        if args.architecture:
+            model = export_random_model(
+                Path(scratch) / "model.onnx", args.architecture, args.image_size, args.channels
+            )
+        results = run(
+            model, concurrency=args.concurrency, requests=args.requests,
+            max_batch=args.max_batch, batch_window_ms=args.batch_window_ms,
+            threads=args.threads, log_dir=Path(scratch),
+        )  # fmt: skip
+    print(json.dumps(results, indent=2))
+    if args.output:
+        write_json(args.output, results)
+    return 0
+
+
+def bench_train(args: argparse.Namespace) -> int:
+    from bench.bench import bench_train as run
+    from imgpipe.io import write_json
+    from imgpipe.params import load_params
+
+    p = load_params(args.params)
+    configurations = [
+        ("default", p.model, p.preprocess.image_size, p.preprocess.channels, p.batch_size),
+        ("resnet18", "resnet18", 224, 3, args.resnet_batch_size),
+    ]
+    results = {}
+    for name, architecture, size, channels, batch_size in configurations:
+        if args.only and name not in args.only:
+            continue
+        config = p.training().replace(model=architecture, batch_size=batch_size,
+                                      epochs=args.epochs, warmup_epochs=0)  # fmt: skip
+        results[name] = run(
+            config, image_size=size, channels=channels, rounds=args.rounds,
+            images=args.images if name == "default" else args.resnet_images,
+        )  # fmt: skip
+        log.info("%s: %s", name, results[name])
+    print(json.dumps(results, indent=2))
+    if args.output:
+        write_json(args.output, results)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description="imgpipe benchmarks printing ratios from one run"
+    )
+    benches = parser.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    sub = benches.add_parser(
+        "preprocess",
+        help="decode+resize throughput, all cores vs one worker; peak memory vs array size",
+    )
+    sub.add_argument("--images", type=int, default=20_000, help="synthetic JPEGs to decode")
+    sub.add_argument("--size", type=int, default=256, help="side of the synthetic JPEGs")
+    sub.add_argument("--target", type=int, default=224, help="side to resize to")
+    sub.add_argument("--workers", type=int, default=0, help="parallel run's processes (0: all)")
+    sub.add_argument("--folder", type=Path, help="reuse/keep the synthetic JPEGs here")
+    sub.add_argument("--output", type=Path, help="also write the figures to this JSON file")
+    sub.set_defaults(handler=bench_preprocess)
+
+    sub = benches.add_parser(
+        "train",
+        help="train-stage images/s over a bare PyTorch loop (same model, batch, threads), for "
+        "the params.yaml model and for resnet18 at 3x224x224, on synthetic data",
+    )
+    sub.add_argument("--params", type=Path, default=Path("params.yaml"),
+                     help="model, batch size, augmentation and EMA of the default run")  # fmt: skip
+    sub.add_argument("--images", type=int, default=3500,
+                     help="training images, default model (the pipeline's split)")  # fmt: skip
+    sub.add_argument("--resnet-images", type=int, default=256, help="training images, resnet18")
+    sub.add_argument("--resnet-batch-size", type=int, default=32, help="batch size, resnet18")
+    sub.add_argument("--epochs", type=int, default=2, help="epochs of each loop per round")
+    sub.add_argument("--rounds", type=int, default=3, help="alternating rounds; best of each")
+    sub.add_argument("--only", action="append", choices=["default", "resnet18"],
+                     help="run one configuration only (repeatable)")  # fmt: skip
+    sub.add_argument("--output", type=Path, help="also write the figures to this JSON file")
+    sub.set_defaults(handler=bench_train)
+
+    sub = benches.add_parser(
+        "serve",
+        help="load test of imgpipe serve over loopback: req/s, p50/p95/p99, errors per "
+        "concurrency, and served req/s over onnxruntime's batch images/s",
+    )
+    sub.add_argument("--model", type=Path, default=DEFAULT_ONNX, help="ONNX file")
+    sub.add_argument("--architecture",
+                     help="bench a randomly initialised timm model of this name instead of "
+                     "--model (e.g. resnet18)")  # fmt: skip
+    sub.add_argument("--image-size", type=int, default=224, help="input side, with --architecture")
+    sub.add_argument("--channels", type=int, default=3, help="input channels, with --architecture")
+    sub.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32],
+                     help="concurrent clients, one level each")  # fmt: skip
+    sub.add_argument("--requests", type=int, default=2000, help="one-image requests per level")
+    sub.add_argument("--max-batch", type=int, default=64,
+                     help="service batch limit, and the onnxruntime baseline's batch")  # fmt: skip
+    sub.add_argument("--batch-window-ms", type=float, default=2.0, help="service batching window")
+    sub.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: all cores)")
+    sub.add_argument("--output", type=Path, help="also write the figures to this JSON file")
+    sub.set_defaults(handler=bench_serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    configure_logging()
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except ImgpipeError as error:
+        log.error("%s", error)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

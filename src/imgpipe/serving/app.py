@@ -1,0 +1,226 @@
+"""The FastAPI app: ``POST /predict``, ``GET /health``, ``/metrics``, ``/`` and the schema.
+
+Everything the service knows about the model comes from ``model.onnx`` itself (classes, input
+size, channels; normalisation is inside the graph), and uploads are decoded by
+:class:`~imgpipe.classify.DecodePolicy`, the decoding preprocess used for the training data
+under the limits ``imgpipe predict`` applies too.
+
+Concurrency: uploads are decoded in worker threads; inference runs on one dedicated thread fed by
+a :class:`~imgpipe.serving.batching.MicroBatcher`, which joins the images of concurrent requests
+into one onnxruntime call (waiting at most a short window for company), so the event loop never
+blocks on the model and throughput under load approaches onnxruntime's batch throughput.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import FastAPI, File, Query, Request, UploadFile
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import generate_latest as prometheus_text
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from imgpipe import __version__
+from imgpipe.classify import TOP_K, DecodePolicy, top_classes
+from imgpipe.images import ImageDecodeError, ImageTooLargeError, NotAnImageError
+from imgpipe.io import file_sha256
+from imgpipe.runtime import OnnxClassifier
+from imgpipe.serving.batching import MicroBatcher
+from imgpipe.serving.config import ServeConfig
+from imgpipe.serving.feature_log import FeatureLog
+from imgpipe.serving.guard import Refused, RequestGuard
+from imgpipe.serving.metrics import ServiceMetrics
+from imgpipe.serving.provenance import model_commit
+
+log = logging.getLogger(__name__)
+
+
+class ClassProbability(BaseModel):
+    class_name: str = Field(alias="class", description="class name, as in the training data")
+    probability: float = Field(ge=0, le=1)
+
+
+class ImagePrediction(BaseModel):
+    file: str = Field(description="the uploaded file's name")
+    top: list[ClassProbability] = Field(description="most probable classes first")
+
+
+class PredictResponse(BaseModel):
+    model_sha256: str
+    predictions: list[ImagePrediction]
+
+
+class ModelIdentity(BaseModel):
+    path: str
+    sha256: str = Field(description="sha256 of model.onnx")
+    commit: str | None = Field(description="git commit the model was built from, if known")
+    architecture: str
+    classes: list[str]
+    image_size: int
+    channels: int
+    checkpoint_sha256: str | None = None
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+    model: ModelIdentity
+
+
+class ErrorDetail(BaseModel):
+    detail: str | list[dict[str, Any]] = Field(
+        description="what was wrong (a list of field errors for invalid parameters)"
+    )
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    413: {"model": ErrorDetail, "description": "body, image count or pixel count over a limit"},
+    415: {"model": ErrorDetail, "description": "a file is not an image in an accepted format"},
+    422: {"model": ErrorDetail, "description": "a file could not be decoded, or bad parameters"},
+}
+
+
+def create_app(config: ServeConfig) -> FastAPI:
+    """The service for one model. Loading happens here, so a bad model fails at start-up."""
+    classifier = OnnxClassifier(config.model, threads=config.threads, spin=False)
+    policy = DecodePolicy(max_pixels=config.max_pixels)
+    identity = ModelIdentity(
+        path=str(config.model),
+        sha256=file_sha256(config.model),
+        commit=model_commit(config.model),
+        architecture=str(classifier.meta.get("architecture", "unknown")),
+        classes=classifier.classes,
+        image_size=classifier.image_size,
+        channels=classifier.channels,
+        checkpoint_sha256=classifier.meta.get("checkpoint_sha256"),
+    )
+    metrics = ServiceMetrics(classifier.classes)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        """Starts the inference thread and the feature-log writer; the handlers find them in
+        ``request.state``."""
+        feature_log = None
+        if config.feature_log is not None:
+            feature_log = FeatureLog(
+                config.feature_log, classifier.classes, max_bytes=config.feature_log_max_bytes,
+                backups=config.feature_log_backups, on_drop=metrics.feature_log_dropped.inc,
+            )  # fmt: skip
+        batcher = MicroBatcher(
+            lambda batch: classifier.run(batch, batch_size=len(batch)),
+            config.max_batch, config.batch_window_ms / 1000,
+            on_batch=metrics.batch_images.observe,
+        )  # fmt: skip
+        async with batcher:
+            log.info("serving %s (%s, %d classes)", config.model, identity.sha256[:12],
+                     len(identity.classes))  # fmt: skip
+            try:
+                yield {"batcher": batcher, "feature_log": feature_log}
+            finally:
+                if feature_log is not None:
+                    feature_log.close()
+
+    app = FastAPI(
+        title="imgpipe",
+        version=__version__,
+        summary="Image classification with the pipeline's exported ONNX model",
+        lifespan=lifespan,
+    )
+    app.add_middleware(RequestGuard, metrics=metrics, max_body_bytes=config.max_upload_bytes)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        reason = getattr(error, "reason", f"http_{error.status_code}")
+        metrics.errors.labels(reason=reason).inc()
+        return JSONResponse({"detail": error.detail}, error.status_code, headers=error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        metrics.errors.labels(reason="invalid_request").inc()
+        return await request_validation_exception_handler(request, error)
+
+    @app.post("/predict", response_model=PredictResponse, responses=ERROR_RESPONSES)
+    async def predict(
+        request: Request,
+        files: Annotated[
+            list[UploadFile], File(min_length=1, description="one or more image files")
+        ],
+        top_k: Annotated[int, Query(ge=1, le=1000, description="classes per image")] = TOP_K,
+    ) -> PredictResponse:
+        """Classify the uploaded images: the ``top_k`` most probable classes of each (all
+        classes when ``top_k`` exceeds their number)."""
+        if len(files) > config.max_images:
+            raise Refused(
+                413, "too_many_images",
+                f"{len(files)} images in one request; the limit is {config.max_images}",
+            )  # fmt: skip
+        names = [f.filename or f"file{i}" for i, f in enumerate(files)]
+        contents = [await f.read() for f in files]
+        images = await run_in_threadpool(_decode_all, names, contents, policy, classifier)
+        probabilities, embeddings = await request.state.batcher.predict(images)
+        metrics.observe_predictions(probabilities)
+        if request.state.feature_log is not None:
+            context = {"time": time.time(), "request": uuid.uuid4().hex}
+            request.state.feature_log.submit(context, images, (probabilities, embeddings))
+        return PredictResponse(
+            model_sha256=identity.sha256,
+            predictions=[
+                ImagePrediction(file=name, top=_top(row, classifier.classes, top_k))
+                for name, row in zip(names, probabilities, strict=True)
+            ],
+        )
+
+    @app.get("/health", response_model=Health)
+    async def health() -> Health:
+        """Liveness and the identity of the model being served."""
+        return Health(status="ok", version=__version__, model=identity)
+
+    @app.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+    async def prometheus_metrics() -> Response:
+        """Prometheus exposition: requests, latency, errors, predicted classes, confidence."""
+        return Response(prometheus_text(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def upload_page() -> HTMLResponse:
+        return HTMLResponse(_PAGE)
+
+    return app
+
+
+def _decode_all(
+    names: list[str], contents: list[bytes], policy: DecodePolicy, classifier: OnnxClassifier
+) -> np.ndarray:
+    """Every upload decoded, or the request refused naming the first file that was wrong."""
+    decoded = []
+    for name, data in zip(names, contents, strict=True):
+        try:
+            decoded.append(policy.decode(data, classifier))
+        except ImageTooLargeError as error:
+            raise Refused(413, "image_too_large", f"{name}: {error}") from None
+        except NotAnImageError as error:
+            raise Refused(415, "not_an_image", f"{name}: {error}") from None
+        except ImageDecodeError as error:
+            raise Refused(422, "undecodable_image", f"{name}: {error}") from None
+    return np.stack(decoded)
+
+
+def _top(probabilities: np.ndarray, classes: list[str], k: int) -> list[ClassProbability]:
+    return [
+        ClassProbability.model_validate({"class": name, "probability": probability})
+        for name, probability in top_classes(probabilities, classes, k)
+    ]
+
+
+_PAGE = resources.files("imgpipe").joinpath("static/index.html").read_text(encoding="utf-8")
