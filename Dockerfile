@@ -1,10 +1,12 @@
-# imgpipe images, built from the same requirements.lock as ./run.sh. Two targets:
-#   docker build -t imgpipe-serve .                      the model service (default, last stage)
-#   docker build --target pipeline -t imgpipe .          the pipeline: `dvc repro` on /app
+# imgpipe images. Two targets, each installing from its own fully pinned lock:
+#   docker build -t imgpipe-serve .                      the model service (default, last stage):
+#                                                        requirements-serve.lock, no torch
+#   docker build --target pipeline -t imgpipe .          the pipeline: `dvc repro` on /app,
+#                                                        requirements.lock (what ./run.sh installs)
 # The service needs models/model.onnx in the build context (`dvc repro` or `dvc pull` first);
 # pass the commit it was built from to /health with --build-arg MODEL_COMMIT=$(git rev-parse HEAD).
-# CPU by default; for CUDA:
-#   docker build --build-arg BASE_IMAGE=nvidia/cuda:13.0.0-cudnn-runtime-ubuntu24.04 .
+# CPU by default; for CUDA training:
+#   docker build --target pipeline --build-arg BASE_IMAGE=nvidia/cuda:13.0.0-cudnn-runtime-ubuntu24.04 .
 # (a CUDA base must provide python3.11 as `python`).
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE} AS base
@@ -14,24 +16,27 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
+RUN useradd --create-home --uid 10001 imgpipe
+WORKDIR /app
+
+FROM base AS pipeline
 RUN apt-get update \
     && apt-get install -y --no-install-recommends git=1:2.39.* \
-    && rm -rf /var/lib/apt/lists/* \
-    && useradd --create-home --uid 10001 imgpipe
-
-WORKDIR /app
+    && rm -rf /var/lib/apt/lists/*
 COPY requirements.lock pyproject.toml README.md ./
 RUN python -m pip install -r requirements.lock
 COPY src/ src/
 RUN python -m pip install --no-deps .
-
-FROM base AS pipeline
 COPY --chown=imgpipe:imgpipe . .
 USER 10001
 # The container reproduces the pipeline on what is mounted or copied at /app.
 CMD ["dvc", "repro"]
 
 FROM base AS serve
+COPY requirements-serve.lock pyproject.toml README.md ./
+RUN python -m pip install -r requirements-serve.lock
+COPY src/ src/
+RUN python -m pip install --no-deps .
 ARG MODEL_COMMIT=""
 ENV IMGPIPE_MODEL_COMMIT=${MODEL_COMMIT}
 COPY models/model.onnx models/model.onnx
@@ -39,7 +44,7 @@ COPY models/model.onnx models/model.onnx
 RUN mkdir logs && chown imgpipe:imgpipe logs
 USER 10001
 EXPOSE 8000
-HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4)"]
 CMD ["imgpipe", "serve", "--host", "0.0.0.0", "--port", "8000", "--model", "models/model.onnx", \
      "--feature-log", "logs/requests.jsonl", "--no-access-log"]

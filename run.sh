@@ -4,7 +4,7 @@
 #
 #   ./run.sh repro [dvc repro args]   reproduce the pipeline (default: built-in MNIST, offline)
 #   ./run.sh test  [pytest args]      lint (pre-commit) and the whole test suite, slow tests included
-#   ./run.sh lock                     re-pin requirements.lock from pyproject.toml
+#   ./run.sh lock                     re-pin requirements.lock and requirements-serve.lock
 #   ./run.sh <command ...>            any command inside the environment (e.g. ./run.sh dvc exp show)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -66,8 +66,10 @@ task=${1:-repro}
 if [[ "$task" == lock ]]; then
   ensure_env
   "$venv/bin/python" -m pip install --quiet uv
-  exec "$venv/bin/uv" pip compile pyproject.toml --all-extras --universal \
-    --python-version 3.11 --no-header --output-file "$lock"
+  compile=("$venv/bin/uv" pip compile pyproject.toml --universal --python-version 3.11 --no-header)
+  "${compile[@]}" --all-extras --output-file "$lock"
+  # The service alone (no torch), at exactly the versions of the full lock.
+  exec "${compile[@]}" --extra serve --constraint "$lock" --output-file requirements-serve.lock
 fi
 
 ensure_env

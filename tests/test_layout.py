@@ -117,3 +117,18 @@ def test_no_import_cycles() -> None:
     }
     for module in sorted(modules):
         assert module not in closure(module_file(module)), f"{module} imports itself, in a cycle"
+
+
+def pins(lock: Path) -> dict[str, str]:
+    found = re.findall(r"^([A-Za-z0-9_.-]+)==([^\s;]+)", lock.read_text(), re.MULTILINE)
+    return {name.lower(): version for name, version in found}
+
+
+def test_serve_lock_is_the_full_locks_versions_without_the_training_stack() -> None:
+    serve, full = pins(REPO_ROOT / "requirements-serve.lock"), pins(REPO_ROOT / "requirements.lock")
+    assert {"fastapi", "uvicorn", "onnxruntime", "pillow", "numpy"} <= set(serve)
+    assert set(serve) & {"torch", "torchvision", "timm", "onnx", "pandas", "dvc"} == set()
+    assert {name: v for name, v in serve.items() if full.get(name) != v} == {}
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    serve_stage = dockerfile[dockerfile.index("AS serve") :]
+    assert "pip install -r requirements-serve.lock" in serve_stage
