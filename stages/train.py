@@ -64,6 +64,7 @@ def train_and_save(
         if processes.rank != 0:
             return
         live.summary["best"] = result.best
+        live.summary["processes"] = result.processes  # torchrun world size that trained it
         meta = ModelMeta(
             architecture=config.model,
             classes=train.classes,

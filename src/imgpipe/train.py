@@ -181,6 +181,8 @@ def build_trainer(config: TrainConfig, train: SplitArrays, processes: Processes)
     average = (
         ModelEmaV3(model, decay=config.ema_decay, use_warmup=True) if config.ema_decay > 0 else None
     )
+    if processes.rank:  # the other processes draw their own augmentation (rank 0 keeps seed)
+        torch.manual_seed(config.seed + processes.rank)
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     optimizer = build_optimizer(config.optimizer, model.parameters(), config.lr,
                                 config.weight_decay)  # fmt: skip
