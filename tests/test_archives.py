@@ -172,3 +172,36 @@ def test_not_an_archive(tmp_path: Path) -> None:
     (tmp_path / "x.zip").write_text("hello")
     with pytest.raises(ArchiveError, match="not a zip or tar archive"):
         extract(tmp_path / "x.zip", tmp_path / "out", max_bytes=10)
+
+
+def test_tar_bigger_than_the_bound_is_refused_before_extraction(tmp_path: Path) -> None:
+    tar_with(tmp_path / "big.tar.gz", "w:gz", [(tarfile.TarInfo("a/zeros.png"), b"\0" * 2_000_000)])
+    assert (tmp_path / "big.tar.gz").stat().st_size < 10_000
+    with pytest.raises(ArchiveError, match=r"expands to more than 1,000,000 bytes .* 2,000,000"):
+        extract(tmp_path / "big.tar.gz", tmp_path / "out", max_bytes=1_000_000)
+    assert not (tmp_path / "out").exists()
+
+
+def test_zip_absolute_paths_are_refused(tmp_path: Path) -> None:
+    for name in ("/etc/evil.png", "C:/evil.png"):
+        member = zipfile.ZipInfo("placeholder")
+        member.filename = name  # ZipInfo() would clean the name; a hostile archive does not
+        with zipfile.ZipFile(tmp_path / "abs.zip", "w") as bundle:
+            bundle.writestr("ok/a.png", b"x")
+            bundle.writestr(member, b"x")
+        with pytest.raises(ArchiveError, match=rf"member '{name}' refused: absolute path"):
+            extract(tmp_path / "abs.zip", tmp_path / "out", max_bytes=10**6)
+        assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("target", "why"),
+    [("../../outside.png", "LinkOutsideDestinationError"), ("/etc/passwd", "AbsoluteLinkError")],
+)
+def test_tar_hard_links_out_are_refused(tmp_path: Path, target: str, why: str) -> None:
+    link = tarfile.TarInfo("a/hard.png")
+    link.type, link.linkname = tarfile.LNKTYPE, target
+    tar_with(tmp_path / "hard.tar", "w", [(tarfile.TarInfo("a/ok.png"), b"x"), (link, b"")])
+    with pytest.raises(ArchiveError, match=rf"'a/hard\.png' refused: {why}"):
+        extract(tmp_path / "hard.tar", tmp_path / "out", max_bytes=10**6)
+    assert not (tmp_path / "out").exists()

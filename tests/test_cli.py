@@ -1,4 +1,8 @@
+import ast
 import json
+import logging
+import re
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -11,13 +15,55 @@ from imgpipe.export import export_onnx
 from imgpipe.model import Classifier, ModelMeta
 from tests.conftest import REPO_ROOT, pattern_images
 
+ERROR_LINE = re.compile(r"^\d\d:\d\d:\d\d ERROR imgpipe: (.*)$")
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The messages of the ``HH:MM:SS ERROR imgpipe: ...`` lines; asserts nothing else was
+    printed (no traceback, no second line)."""
+    lines = stderr.strip().splitlines()
+    messages = [m.group(1) for line in lines if (m := ERROR_LINE.match(line))]
+    assert len(messages) == len(lines), stderr
+    return messages
+
+
+def imgpipe(*arguments: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "imgpipe.cli", *arguments],
+        cwd=cwd, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+
 
 def test_check_params(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["check-params", "--params", str(REPO_ROOT / "params.yaml")]) == 0
-    assert "OK" in capsys.readouterr().out
+    assert capsys.readouterr().out.startswith(f"{REPO_ROOT / 'params.yaml'}: OK (test_resnet, ")
     bad = tmp_path / "params.yaml"
-    bad.write_text((REPO_ROOT / "params.yaml").read_text().replace("epochs:", "epoch:"))
-    assert main(["check-params", "--params", str(bad)]) == 2
+    bad.write_text((REPO_ROOT / "params.yaml").read_text().replace("\nepochs:", "\nepoch:"))
+    result = imgpipe("check-params", "--params", str(bad))
+    assert result.returncode == 2 and result.stdout == ""
+    assert error_lines(result.stderr) == [
+        f"{bad}: missing key 'epochs'; unknown key 'epoch' (did you mean 'epochs'?)"
+    ]
+
+
+def test_info_without_a_model_is_one_clear_line(tmp_path: Path) -> None:
+    result = imgpipe("info", str(tmp_path / "none.onnx"))
+    assert result.returncode == 2
+    assert error_lines(result.stderr) == [
+        f"{tmp_path / 'none.onnx'}: ONNX model not found (run `dvc repro export-onnx`)"
+    ]
+    outside = imgpipe("info", cwd=tmp_path)  # no dvc.yaml to take the default path from
+    assert error_lines(outside.stderr) == [
+        "--model: no dvc.yaml here to take the pipeline's path from; pass --model"
+    ]
+
+
+def test_info_prints_the_embedded_metadata(
+    tiny_onnx: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["info", str(tiny_onnx)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["classes"] == ["left", "right"] and shown["checkpoint_sha256"] == "c0ffee"
 
 
 def test_predict_classifies_files_and_reports_bad_ones(
@@ -45,20 +91,52 @@ def test_predict_classifies_files_and_reports_bad_ones(
     assert "not an image" in lines[1]["error"]
 
 
-def test_missing_model_is_a_clear_error(tmp_path: Path) -> None:
-    assert main(["info", str(tmp_path / "none.onnx")]) == 2
+STAGES = sorted(p.name for p in (REPO_ROOT / "stages").glob("*.py"))
 
 
-@pytest.mark.parametrize("script", sorted(p.name for p in (REPO_ROOT / "stages").glob("*.py")))
-def test_stage_scripts_explain_themselves(script: str) -> None:
-    result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "stages" / script), "--help"],
-        capture_output=True,
-        text=True,
-        check=True,
+def run_stage_script(script: str, *arguments: str) -> None:
+    """A stage script run in this process, as ``python stages/<script> ...`` would run it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", [script, *arguments])
+        runpy.run_path(str(REPO_ROOT / "stages" / script), run_name="__main__")
+
+
+@pytest.mark.parametrize("script", STAGES)
+def test_stage_scripts_explain_themselves(script: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        run_stage_script(script, "--help")
+    assert done.value.code == 0
+    shown = capsys.readouterr().out
+    module = ast.parse((REPO_ROOT / "stages" / script).read_text())
+    summary = (ast.get_docstring(module) or "").split(". ")[0]
+    squeezed = "".join(shown.split())  # argparse re-wraps the text, at hyphens too
+    assert shown.startswith("usage: ") and summary and "".join(summary.split()) in squeezed
+    declared = re.findall(
+        r'add_argument\(\s*"(--[a-z-]+)"', (REPO_ROOT / "stages" / script).read_text()
     )
-    assert result.stdout.startswith("usage:")
-    assert "Stage" in result.stdout
+    assert declared and all(f"{option} " in shown for option in declared)
+
+
+@pytest.mark.parametrize("script", STAGES)
+def test_every_stage_refuses_bad_params_before_any_work(
+    script: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Inputs that do not exist and outputs under tmp_path: a stage that looked at its inputs
+    or wrote anything before validating params.yaml would fail differently or leave files."""
+    params = (REPO_ROOT / "params.yaml").read_text().replace("\nlr:", "\nlrr:")
+    (tmp_path / "params.yaml").write_text(params)
+    monkeypatch.chdir(tmp_path)
+    options = re.findall(
+        r'add_argument\(\s*"(--[a-z-]+)"', (REPO_ROOT / "stages" / script).read_text()
+    )
+    arguments = [part for option in options for part in (option, f"missing/{option[2:]}")]
+    with pytest.raises(SystemExit) as done:
+        run_stage_script(script, *arguments)
+    assert done.value.code == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == ["params.yaml: missing key 'lr'; unknown key 'lrr' (did you mean 'lr'?)"]
+    assert not [r for r in caplog.records if r.levelno == logging.INFO and r.name != "imgpipe"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
 
 def test_bench_preprocess_reports_ratios(
@@ -75,5 +153,10 @@ def test_bench_preprocess_reports_ratios(
     assert results["images"] == 24
     assert results["all_workers"]["workers"] == 2
     assert results["one_worker"]["array_bytes"] == 24 * 32 * 32 * 3 + 128  # npy header: 128 B
-    assert results["speedup"] > 0
-    assert results["all_workers"]["peak_rss_bytes"] > results["all_workers"]["array_bytes"]
+    one, every = results["one_worker"], results["all_workers"]
+    for run in (one, every):
+        assert run["images_per_second"] == pytest.approx(24 / run["seconds"], rel=0.01)
+        assert run["peak_rss_over_array_size"] == round(
+            run["peak_rss_bytes"] / run["array_bytes"], 3
+        )
+    assert results["speedup"] == round(every["images_per_second"] / one["images_per_second"], 2)

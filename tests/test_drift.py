@@ -65,17 +65,59 @@ def test_inverted_images_are_drift(setup: tuple[Path, Path, Path]) -> None:
     assert summary["features"]["drift_detected"] and summary["embedding"]["drift_detected"]
 
 
-def test_logged_feature_table_and_bad_input(setup: tuple[Path, Path, Path], tmp_path: Path) -> None:
-    root, _, reference = setup
-    table = tmp_path / "log.jsonl"
-    import pandas as pd
+@pytest.mark.parametrize(
+    ("options", "features_drift", "embedding_drift"),
+    [
+        (["--drift-share", "1.0"], False, True),  # only the embedding rule can fire
+        (["--embedding-threshold", "1.0"], True, False),  # only the feature rule can fire
+        (["--drift-share", "1.0", "--embedding-threshold", "1.0"], False, False),
+    ],
+)
+def test_feature_and_embedding_rules_decide_separately(
+    setup: tuple[Path, Path, Path], options: list[str], features_drift: bool, embedding_drift: bool
+) -> None:
+    root, model, reference = setup
+    folder = root / "inverted-for-rules"
+    if not folder.exists():
+        write_folder(folder, 255 - images(60, seed=3))
+    out = root / f"rules-{'-'.join(options)}"
+    code = main(["drift", "--current", str(folder), "--reference", str(reference),
+                 "--model", str(model), "--out", str(out), *options])  # fmt: skip
+    summary = json.loads((out / "drift.json").read_text())
+    assert summary["features"]["drift_detected"] is features_drift
+    assert summary["embedding"]["drift_detected"] is embedding_drift
+    assert code == (1 if features_drift or embedding_drift else 0)
 
-    pd.read_parquet(reference).sample(100, random_state=0).to_json(
-        table, orient="records", lines=True
-    )
-    code, _ = run(setup, table, "log-report")
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
+def test_logged_feature_tables_are_read(
+    setup: tuple[Path, Path, Path], tmp_path: Path, suffix: str
+) -> None:
+    _, model, _ = setup
+    table = feature_table(OnnxClassifier(model), images(60, seed=4))  # not the reference's
+    path = tmp_path / f"log{suffix}"
+    {".jsonl": lambda: table.to_json(path, orient="records", lines=True),
+     ".csv": lambda: table.to_csv(path, index=False),
+     ".parquet": lambda: table.to_parquet(path, index=False)}[suffix]()  # fmt: skip
+    code, summary = run(setup, path, f"log-report{suffix}")
     assert code == 0
+    assert summary["rows"]["current"] == 120
+
+
+def test_a_table_missing_columns_or_of_no_kind_is_exit_2(
+    setup: tuple[Path, Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, model, reference = setup
+    arguments = ["--reference", str(reference), "--model", str(model), "--out", str(tmp_path / "o")]
+    table = feature_table(OnnxClassifier(model), images(20, seed=5))
+    table.drop(columns=["confidence", "emb_00"]).to_csv(tmp_path / "partial.csv", index=False)
+    assert main(["drift", "--current", str(tmp_path / "partial.csv"), *arguments]) == 2
     (tmp_path / "notes.txt").write_text("x")
-    arguments = ["--reference", str(reference), "--model", str(root / "model.onnx")]
-    notes = ["--current", str(tmp_path / "notes.txt"), "--out", str(tmp_path / "o")]
-    assert main(["drift", *notes, *arguments]) == 2
+    assert main(["drift", "--current", str(tmp_path / "notes.txt"), *arguments]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [
+        "current data lacks the baseline's columns: confidence, emb_00",
+        f"--current {tmp_path / 'notes.txt'}: expected a folder of images or a "
+        ".parquet, .csv, .jsonl file",
+    ]
+    assert not (tmp_path / "o" / "drift.json").exists()

@@ -86,9 +86,12 @@ def test_same_image_in_two_classes_or_splits_is_reported(
     image_folder: Path, tmp_path: Path
 ) -> None:
     shutil.copyfile(image_folder / "left" / "000.png", image_folder / "right" / "copy.png")
-    classes, found = list_samples(image_folder)
-    splits = {"train": found[None][:-1], "test": found[None][-1:]}  # copy.png is last: test
+    # A copy within one class and split is no leak: it must not be reported.
     shutil.copyfile(image_folder / "right" / "005.png", image_folder / "right" / "005b.png")
+    classes, found = list_samples(image_folder)
+    test = [s for s in found[None] if s.path.name == "copy.png"]
+    splits = {"train": [s for s in found[None] if s not in test], "test": test}
+    assert {"right/005.png", "right/005b.png"} <= {s.path.as_posix() for s in splits["train"]}
     outcomes = {
         split: write_split(image_folder, s, classes, tmp_path / split, image_size=8, channels=1)
         for split, s in splits.items()
@@ -98,6 +101,28 @@ def test_same_image_in_two_classes_or_splits_is_reported(
     leak = report["duplicates_across_classes_or_splits"][0]
     assert leak["across"] == ["classes", "splits"]
     assert [c["file"] for c in leak["copies"]] == ["left/000.png", "right/copy.png"]
+
+
+def test_bombs_and_truncated_files_are_listed_with_their_reason(
+    image_folder: Path, tmp_path: Path
+) -> None:
+    from tests.test_serve import big_png_header
+
+    (image_folder / "left" / "bomb.png").write_bytes(big_png_header(9000, 9000))
+    whole = (image_folder / "right" / "000.png").read_bytes()
+    (image_folder / "right" / "cut.png").write_bytes(whole[: len(whole) // 2])
+    classes, found = list_samples(image_folder)
+    outcome = write_split(
+        image_folder, found[None], classes, tmp_path / "out", image_size=8, channels=1
+    )
+    reasons = {entry["file"]: entry["reason"] for entry in outcome.skipped}
+    assert reasons.keys() == {"left/bomb.png", "right/cut.png"}
+    assert reasons["left/bomb.png"] == ("9000x9000 pixels exceeds the limit of 64000000")
+    assert reasons["right/cut.png"].startswith("cannot decode: ")
+    report = data_report(classes, {"train": found[None]}, {"train": outcome})
+    assert report["skipped_count"] == 2
+    assert [e["file"] for e in report["skipped"]] == ["left/bomb.png", "right/cut.png"]
+    assert report["counts"]["train"] == {"left": 6, "right": 6}
 
 
 def test_empty_class_is_reported(image_folder: Path, tmp_path: Path) -> None:

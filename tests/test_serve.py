@@ -115,6 +115,24 @@ def test_health_reports_the_commit_from_the_environment(
         assert c.get("/health").json()["model"]["commit"] == "abc1234"
 
 
+def encoded(pixels: np.ndarray, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels[:, :, 0]).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP"])
+def test_every_accepted_format_is_classified(
+    client: TestClient, test_split: SplitArrays, fmt: str
+) -> None:
+    image = test_split.images[0]
+    response = client.post("/predict", files=[("files", ("x", encoded(image, fmt), "image/png"))])
+    assert response.status_code == 200, response.text
+    reference = client.post("/predict", files=uploads(test_split.images[:1])).json()
+    top = response.json()["predictions"][0]["top"][0]
+    assert top["class"] == reference["predictions"][0]["top"][0]["class"]
+
+
 @pytest.mark.parametrize(
     ("content", "status", "named"),
     [
@@ -138,6 +156,18 @@ def test_bad_files_get_a_4xx_naming_the_file(
     detail = response.json()["detail"]
     assert detail.startswith("bad.bin: ") and named in detail
     assert client.get("/health").status_code == 200  # still serving
+
+
+def test_a_format_pillow_reads_but_the_service_does_not_accept_is_415(
+    client: TestClient, test_split: SplitArrays
+) -> None:
+    ppm = encoded(test_split.images[0], "PPM")  # Pillow opens it; not on the allowlist
+    response = client.post("/predict", files=[("files", ("scan.ppm", ppm, "image/png"))])
+    assert response.status_code == 415
+    assert response.json()["detail"] == (
+        "scan.ppm: not an image in an accepted format (PNG, JPEG, GIF, BMP, TIFF, WEBP) "
+        "(content not recognised)"
+    )
 
 
 def big_png_header(width: int, height: int) -> bytes:
@@ -239,7 +269,59 @@ def test_feature_log_has_the_drift_baseline_columns(
     )  # fmt: skip
 
 
-def test_micro_batcher_joins_concurrent_requests() -> None:
+def test_feature_log_rotation_stops_at_the_backup_cap(
+    onnx_model: Path, tmp_path: Path, test_split: SplitArrays
+) -> None:
+    log = tmp_path / "requests.jsonl"
+    config = ServeConfig(model=onnx_model, feature_log=log, feature_log_max_bytes=5_000,
+                         feature_log_backups=2)  # fmt: skip
+    with TestClient(create_app(config)) as c:
+        for start in range(0, 40, 2):  # ~2.5 kB of rows per request: far more than 3 files hold
+            c.post("/predict", files=uploads(test_split.images[start : start + 2]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "requests.1.jsonl", "requests.2.jsonl", "requests.jsonl"
+    ]  # fmt: skip
+    for file in tmp_path.iterdir():
+        assert 0 < file.stat().st_size <= 5_000 + 3_000  # a round of rows may pass the limit
+        assert all(json.loads(line)["request"] for line in file.read_text().splitlines())
+
+
+def test_rows_are_dropped_and_counted_when_the_writer_falls_behind(tmp_path: Path) -> None:
+    from prometheus_client import generate_latest
+
+    from imgpipe.serving.feature_log import FeatureLog
+    from imgpipe.serving.metrics import ServiceMetrics
+
+    metrics = ServiceMetrics(["left", "right"])
+    feature_log = FeatureLog(
+        tmp_path / "requests.jsonl", ["left", "right"], max_bytes=10**6, backups=1,
+        on_drop=metrics.feature_log_dropped.inc, capacity=2,
+    )  # fmt: skip
+    written = threading.Event()
+    release = threading.Event()
+    emit = feature_log._handler.emit
+
+    def slow_emit(record: object) -> None:  # the disk stalls until released
+        written.set()
+        release.wait(10)
+        emit(record)  # type: ignore[arg-type]
+
+    feature_log._handler.emit = slow_emit  # type: ignore[method-assign]
+    images = make_split(2).images[:3]
+    outputs = (np.full((3, 2), 0.5), np.zeros((3, 4)))
+    feature_log.submit({"request": "first"}, images, outputs)
+    assert written.wait(10)  # the writer holds the first request; the queue takes two more
+    for i in range(5):
+        feature_log.submit({"request": f"r{i}"}, images, outputs)
+    release.set()
+    feature_log.close()
+    rows = [json.loads(line) for line in (tmp_path / "requests.jsonl").read_text().splitlines()]
+    assert [row["request"] for row in rows[::3]] == ["first", "r0", "r1"]
+    text = generate_latest(metrics.registry).decode()
+    assert metric_value(text, "imgpipe_feature_log_dropped_images_total") == 3 * 3
+
+
+def test_micro_batcher_joins_concurrent_requests_up_to_its_cap() -> None:
     calls: list[int] = []
 
     def infer(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -247,18 +329,21 @@ def test_micro_batcher_joins_concurrent_requests() -> None:
         time.sleep(0.02)
         return batch.reshape(len(batch), -1).astype(float), batch.reshape(len(batch), -1) * 2.0
 
+    sizes = [1 + i % 3 for i in range(20)] + [20]  # the last request alone exceeds the cap
+
     async def scenario() -> list[tuple[np.ndarray, np.ndarray]]:
         async with MicroBatcher(infer, max_batch=16, window_s=0.01) as batcher:
             return await asyncio.gather(
-                *(batcher.predict(np.full((1 + i % 3, 1), i)) for i in range(20))
+                *(batcher.predict(np.full((size, 1), i)) for i, size in enumerate(sizes))
             )
 
     results = asyncio.run(scenario())
     for i, (probabilities, embeddings) in enumerate(results):  # each gets its own rows back
-        assert probabilities.shape == (1 + i % 3, 1) and (probabilities == i).all()
+        assert probabilities.shape == (sizes[i], 1) and (probabilities == i).all()
         assert (embeddings == 2 * i).all()
-    assert sum(calls) == sum(1 + i % 3 for i in range(20))
-    assert len(calls) < 8 and max(calls) > 1
+    assert sum(calls) == sum(sizes)
+    assert len(calls) < 10 and max(calls[:-1]) > 1  # joined
+    assert 20 in calls and all(size <= 16 for size in calls if size != 20)  # capped, not split
 
 
 def test_micro_batcher_passes_inference_errors_to_every_waiter() -> None:
@@ -343,8 +428,19 @@ def test_concurrent_requests_over_loopback_are_batched(
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+def running_in_ci(environ: dict[str, str] | os._Environ[str] = os.environ) -> bool:
+    """CI systems set CI=true (or 1); CI=false, CI=0 or an empty CI mean a local run."""
+    return environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+def test_ci_is_parsed_not_just_present() -> None:
+    assert [running_in_ci({"CI": v}) for v in ("true", "True", "1", "yes")] == [True] * 4
+    assert [running_in_ci({"CI": v}) for v in ("false", "0", "", "no")] == [False] * 4
+    assert running_in_ci({}) is False
+
+
 @pytest.mark.skipif(
-    CHROMIUM is None and not os.environ.get("CI"),
+    CHROMIUM is None and not running_in_ci(),
     reason="needs Debian's chromium (./run.sh test installs it when it can)",
 )
 def test_upload_page_in_headless_chromium(
@@ -424,13 +520,16 @@ def test_bench_serve_reports_levels_and_the_ratio(onnx_model: Path, tmp_path: Pa
     arguments = ["--model", str(onnx_model), "--requests", "40", "--concurrency", "1", "4"]
     assert bench_main(["serve", *arguments, "--output", str(out)]) == 0
     results = json.loads(out.read_text())
-    assert results["onnxruntime_batch"]["images_per_second"] > 0
+    assert results["onnxruntime_batch"]["batch"] == 64
     assert [level["concurrency"] for level in results["levels"]] == [1, 4]
     for level in results["levels"]:
         assert level["errors"] == 0 and level["requests"] == 40
         assert 0 < level["latency_ms"]["p50"] <= level["latency_ms"]["p99"]
         expected = level["requests_per_second"] / results["onnxruntime_batch"]["images_per_second"]
         assert level["ratio_to_onnxruntime_batch"] == pytest.approx(expected, abs=1e-3)
+    assert results["best_ratio_to_onnxruntime_batch"] == max(
+        level["ratio_to_onnxruntime_batch"] for level in results["levels"]
+    )
 
 
 def test_live_service_process_never_imports_torch(onnx_model: Path, tmp_path: Path) -> None:
@@ -471,3 +570,31 @@ def test_live_service_process_never_imports_torch(onnx_model: Path, tmp_path: Pa
     assert {"fastapi", "onnxruntime", "imgpipe"} <= imported  # the log is the right one
     assert imported & {"torch", "torchvision", "timm", "onnx", "onnxscript", "pandas"} == set()
     assert "libtorch" not in maps
+
+
+def test_health_names_head_when_dvc_lock_records_this_very_model(
+    onnx_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hashlib
+    import subprocess
+
+    from imgpipe.serving.provenance import model_commit
+
+    monkeypatch.delenv("IMGPIPE_MODEL_COMMIT", raising=False)
+    served = tmp_path / "models" / "model.onnx"
+    served.parent.mkdir()
+    shutil.copyfile(onnx_model, served)
+    md5 = hashlib.md5(served.read_bytes()).hexdigest()
+    lock = {"stages": {"export-onnx": {"outs": [{"path": "models/model.onnx", "md5": md5}]}}}
+    (tmp_path / "dvc.lock").write_text(json.dumps(lock))  # JSON is YAML too
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    for command in (["init", "-q"], ["add", "dvc.lock"], ["commit", "-qm", "lock"]):
+        subprocess.run([*git, *command], cwd=tmp_path, check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True,
+                          text=True, check=True).stdout.strip()  # fmt: skip
+    with TestClient(create_app(ServeConfig(model=served))) as c:
+        assert c.get("/health").json()["model"]["commit"] == head
+    served.write_bytes(served.read_bytes() + b"\0")  # not the file dvc.lock records
+    assert model_commit(served) is None
+    monkeypatch.setenv("IMGPIPE_MODEL_COMMIT", "abc1234")
+    assert model_commit(served) == "abc1234"

@@ -21,7 +21,7 @@ class _Pending:
 class MicroBatcher:
     """Joins the images of concurrent requests into batches for one inference thread.
 
-    A batch starts with whatever is queued; when that is less than ``max_batch`` images it waits
+    A batch starts with whatever is queued, up to ``max_batch`` images; when that is less it waits
     up to ``window_s`` for more. While a batch runs, new requests queue up and form the next one,
     so under load batches fill without waiting.
     """
@@ -40,6 +40,7 @@ class MicroBatcher:
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="imgpipe-inference")
         self._task: asyncio.Task[None] | None = None
+        self._held: _Pending | None = None  # took from the queue, but did not fit the batch
 
     async def __aenter__(self) -> MicroBatcher:
         self._task = asyncio.create_task(self._run(), name="imgpipe-batcher")
@@ -60,21 +61,8 @@ class MicroBatcher:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            pending = [await self._queue.get()]
-            deadline = loop.time() + self._window_s
-            while (count := sum(len(p.images) for p in pending)) < self._max_batch:
-                try:
-                    pending.append(self._queue.get_nowait())
-                    continue
-                except asyncio.QueueEmpty:
-                    pass
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    pending.append(await asyncio.wait_for(self._queue.get(), remaining))
-                except TimeoutError:
-                    break
+            pending = await self._next_batch()
+            count = sum(len(p.images) for p in pending)
             batch = np.concatenate([p.images for p in pending])
             self._on_batch(count)
             try:
@@ -92,3 +80,29 @@ class MicroBatcher:
                 if not p.future.done():  # its client may have gone away
                     p.future.set_result((probabilities[offset:end], embeddings[offset:end]))
                 offset = end
+
+    async def _next_batch(self) -> list[_Pending]:
+        """Requests whose images add up to at most ``max_batch`` (a request is never split: one
+        larger than that runs alone), waiting up to the window for company. A request that
+        would overflow the batch starts the next one."""
+        loop = asyncio.get_running_loop()
+        first, self._held = self._held or await self._queue.get(), None
+        pending, count = [first], len(first.images)
+        deadline = loop.time() + self._window_s
+        while count < self._max_batch:
+            try:
+                item = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), remaining)
+                except TimeoutError:
+                    break
+            if count + len(item.images) > self._max_batch:
+                self._held = item
+                break
+            pending.append(item)
+            count += len(item.images)
+        return pending
