@@ -10,6 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 venv=${IMGPIPE_VENV:-.venv}
+[[ $venv == /* ]] || venv=$PWD/$venv  # relative to the checkout, or absolute
 lock=requirements.lock
 
 find_python() {
@@ -73,7 +74,7 @@ if [[ "$task" == lock ]]; then
 fi
 
 ensure_env
-export PATH="$PWD/$venv/bin:$PATH"
+export PATH="$venv/bin:$PATH"
 case "$task" in
   repro)
     # DVC only reruns stages whose declared keys changed; a stray key would go unnoticed.
