@@ -346,7 +346,7 @@ def bench_train(
                            [0.25] * channels).train()  # fmt: skip
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
         tensors = torch.from_numpy(train.images).permute(0, 3, 1, 2).contiguous()
-        augment = build_augmentation(config.augment)
+        augment = build_augmentation(config.augment, channels)
         if augment is not None:  # augmented once, untimed: see the docstring
             tensors = torch.cat([augment(tensors[i : i + 256]) for i in range(0, images, 256)])
         targets = torch.from_numpy(train.labels)

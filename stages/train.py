@@ -32,6 +32,10 @@ def main() -> None:
     parser.add_argument(
         "--state", type=Path, required=True, help="resume point, kept after every epoch"
     )
+    parser.add_argument(
+        "--features", type=Path, required=True,
+        help="cache folder of frozen features (finetune: head), reused across runs",
+    )  # fmt: skip
     args = parser.parse_args()
 
     config = load_params().training()
@@ -59,8 +63,9 @@ def train_and_save(
 ) -> None:
     with open_live(args.live) if processes.rank == 0 else nullcontext() as live:
         result = train_classifier(
-            train, val, config, metric_logger=live, state_path=args.state, processes=processes
-        )
+            train, val, config, metric_logger=live, state_path=args.state,
+            feature_cache=args.features, processes=processes,
+        )  # fmt: skip
         if processes.rank != 0:
             return
         live.summary["best"] = result.best

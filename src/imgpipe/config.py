@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -31,16 +31,24 @@ class FrozenSettings(BaseModel):
 
 
 class AugmentConfig(FrozenSettings):
-    """Random geometry drawn per training image; zeros (and ``false``) switch each off."""
+    """Per-image augmentation of training batches (kornia, on the training device); zeros,
+    ``false`` and ``none`` switch each part off."""
 
     degrees: float = Field(ge=0, le=180)  # rotation range, +/- degrees
     translate: float = Field(ge=0, lt=1)  # shift range, fraction of the side
     scale: float = Field(ge=0, lt=1)  # zoom range, +/- fraction
     hflip: bool  # random horizontal flips
+    crop_scale: float = Field(ge=0, le=1)  # RandomResizedCrop: smallest area share kept; 0 off
+    policy: Literal["none", "randaugment", "trivialaugment", "autoaugment"]
+    color_jitter: float = Field(ge=0, lt=1)  # brightness/contrast/saturation +/- this; 0 off
+    erasing: float = Field(ge=0, le=1)  # probability of erasing a random rectangle
 
     @property
     def enabled(self) -> bool:
-        return bool(self.degrees or self.translate or self.scale or self.hflip)
+        return bool(
+            self.degrees or self.translate or self.scale or self.hflip or self.crop_scale
+            or self.policy != "none" or self.color_jitter or self.erasing
+        )  # fmt: skip
 
 
 class TrainConfig(FrozenSettings):
@@ -65,12 +73,31 @@ class TrainConfig(FrozenSettings):
     seed: int = Field(ge=0)
     device: Literal["auto", "cpu", "cuda"]
     augment: AugmentConfig
+    mixup: float = Field(ge=0)  # alpha of batch-level mixup; 0 off
+    cutmix: float = Field(ge=0)  # alpha of batch-level cutmix; 0 off (both: one or the other)
+    finetune: Literal["full", "head"]  # head: train the classifier on cached frozen features
+    feature_views: int = Field(ge=1, le=64)  # finetune head: cached views per training image
+    freeze: Literal["none", "backbone"] | Annotated[int, Field(ge=0)]  # frozen leading groups
+    freeze_epochs: int = Field(ge=0)  # train the head alone for this many epochs first
+    layer_decay: float = Field(ge=0, le=1)  # lr x decay^(depth from the head); 0 off
+    drop_path: float = Field(ge=0, lt=1)  # stochastic depth rate (timm drop_path_rate)
+    accumulate: int = Field(ge=1, le=1024)  # split each batch into this many sequential parts
 
     @model_validator(mode="after")
-    def _warmup_fits(self) -> TrainConfig:
+    def _consistent(self) -> TrainConfig:
         if self.warmup_epochs >= self.epochs:
             raise ValueError(
                 f"warmup_epochs ({self.warmup_epochs}) must be smaller than epochs ({self.epochs})"
+            )
+        if self.freeze_epochs >= self.epochs:
+            raise ValueError(
+                f"freeze_epochs ({self.freeze_epochs}) must be smaller than epochs ({self.epochs}),"
+                " or nothing but the head is ever trained (that is finetune: head)"
+            )
+        if self.finetune == "head" and (self.mixup or self.cutmix):
+            raise ValueError(
+                "finetune: head trains on cached features, which mixup and cutmix cannot mix; "
+                "set mixup and cutmix to 0 (augmented views: feature_views)"
             )
         return self
 

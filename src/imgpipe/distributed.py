@@ -88,6 +88,12 @@ def share_buffers_of_rank_0(modules: list[nn.Module], processes: Processes) -> N
                 torch.distributed.broadcast(buffer, src=0)
 
 
+def wait_for_rank_0(processes: Processes) -> None:
+    """Every process waits here until all (rank 0 included) have arrived."""
+    if processes.distributed:
+        torch.distributed.barrier()
+
+
 def gather_from_processes(value: Any, processes: Processes) -> list[Any]:
     """``value`` of every process, in rank order (just ``[value]`` when alone)."""
     if not processes.distributed:

@@ -57,12 +57,16 @@ def predict_split(
     return torch.cat(outputs) if outputs else torch.empty(0, len(split.classes))
 
 
+def loss_and_accuracy(probabilities: torch.Tensor, labels: np.ndarray) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of class probabilities against ``labels``."""
+    targets = torch.from_numpy(labels)
+    loss = F.nll_loss(probabilities.clamp_min(1e-12).log(), targets).item()
+    accuracy = (probabilities.argmax(1) == targets).float().mean().item()
+    return float(loss), float(accuracy)
+
+
 def evaluate_split(
     model: Classifier, split: SplitArrays, batch_size: int, device: torch.device
 ) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of ``model`` on ``split``."""
-    probabilities = predict_split(model, split, batch_size, device)
-    labels = torch.from_numpy(split.labels)
-    loss = F.nll_loss(probabilities.clamp_min(1e-12).log(), labels).item()
-    accuracy = (probabilities.argmax(1) == labels).float().mean().item()
-    return float(loss), float(accuracy)
+    return loss_and_accuracy(predict_split(model, split, batch_size, device), split.labels)

@@ -68,7 +68,11 @@ class Classifier(nn.Module):
 
 
 def create_network(
-    architecture: str, num_classes: int, channels: int, pretrained: bool | str | Path = False
+    architecture: str,
+    num_classes: int,
+    channels: int,
+    pretrained: bool | str | Path = False,
+    drop_path: float = 0.0,
 ) -> nn.Module:
     """Any timm model by name, with its head sized for ``num_classes``.
 
@@ -77,17 +81,29 @@ def create_network(
     architecture) through the same timm code. Either way timm adapts the first convolution to
     ``channels`` (summing or repeating the RGB filters) and a head of another size is replaced.
 
+    ``drop_path`` is timm's stochastic depth rate, for the architectures that have it.
+
     Raises:
-        ImgpipeError: no timm model of that name, or the weights file is missing or does not fit.
+        ImgpipeError: no timm model of that name, the weights file is missing or does not fit,
+            or ``drop_path`` asked of an architecture without stochastic depth.
     """
     if not timm.is_model(architecture):
         close = timm.list_models(f"*{architecture.split('_', maxsplit=1)[0]}*")[:5]
         hint = f"; similar: {', '.join(close)}" if close else ""
         raise ImgpipeError(f"model: timm has no model named '{architecture}'{hint}")
+    options: dict[str, Any] = {"drop_path_rate": drop_path} if drop_path else {}
     if isinstance(pretrained, bool):
-        return timm.create_model(
-            architecture, pretrained=pretrained, num_classes=num_classes, in_chans=channels
-        )
+        try:
+            return timm.create_model(
+                architecture, pretrained=pretrained, num_classes=num_classes, in_chans=channels,
+                **options,
+            )  # fmt: skip
+        except TypeError as error:
+            if options and "drop_path_rate" in str(error):
+                raise ImgpipeError(
+                    f"drop_path: {architecture} has no stochastic depth; set drop_path: 0"
+                ) from None
+            raise
     weights = Path(pretrained)
     if not weights.is_file():
         raise ImgpipeError(f"pretrained: weights file {weights} not found")
@@ -96,8 +112,14 @@ def create_network(
     try:
         net: Any = timm.create_model(
             architecture, pretrained=True, in_chans=channels,
-            pretrained_cfg_overlay={"file": str(weights)},
+            pretrained_cfg_overlay={"file": str(weights)}, **options,
         )  # fmt: skip
+    except TypeError as error:
+        if options and "drop_path_rate" in str(error):
+            raise ImgpipeError(
+                f"drop_path: {architecture} has no stochastic depth; set drop_path: 0"
+            ) from None
+        raise
     except (RuntimeError, KeyError, ValueError) as error:
         raise ImgpipeError(f"pretrained: {weights} does not fit {architecture}: {error}") from None
     net.reset_classifier(num_classes)

@@ -1,22 +1,25 @@
-"""The ``train`` stage's library: fit a timm classifier on preprocessed uint8 arrays.
+"""The ``train`` stage's library: fine-tune a timm classifier on preprocessed uint8 arrays.
 
 Deterministic on CPU for a given seed, machine and thread count: the seed drives the shuffle,
 the augmentation and the initial weights, and torch runs in deterministic mode. Batches are
-gathered straight from the (memory-mapped) arrays and augmented as uint8 tensors on the
-training device, so nothing is decoded during training.
+gathered straight from the (memory-mapped) arrays and augmented on the training device, so
+nothing is decoded during training.
 
-The pieces, in the order a run uses them: :func:`build_trainer` (model, optimiser, schedule,
-weight average), :func:`~imgpipe.resume.resume`, then per epoch :func:`train_one_epoch` (of
-:func:`train_step` calls) and :func:`validate`, the best epoch kept and the state saved.
+The pieces, in the order a run uses them: :func:`build_trainer` (network, what of it trains,
+optimiser, schedule, weight average, inputs), :func:`~imgpipe.resume.resume`, then per epoch
+:func:`train_one_epoch` (of :func:`train_step` calls) and :func:`validate`, the best epoch
+kept and the state saved. ``finetune: head`` trains the classifier alone on features the frozen
+backbone computed once (:mod:`imgpipe.head`); ``full`` trains the network on the images.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, assert_never
@@ -26,15 +29,29 @@ import torch
 import torch.nn.functional as F  # noqa: N812 (the conventional name)
 from timm.scheduler.cosine_lr import CosineLRScheduler
 from timm.utils.model_ema import ModelEmaV3
+from torch import nn
 
-from imgpipe.augment import build_augmentation
+from imgpipe.augment import build_augmentation, build_mixing
 from imgpipe.config import TrainConfig
 from imgpipe.distributed import Processes, share_buffers_of_rank_0, sum_over_processes
 from imgpipe.errors import ImgpipeError
-from imgpipe.inference import autocast, evaluate_split, gather_batch, resolve_device
+from imgpipe.head import FeatureInputs, cached_features, head_probabilities
+from imgpipe.inference import (
+    autocast,
+    gather_batch,
+    loss_and_accuracy,
+    predict_split,
+    resolve_device,
+)
 from imgpipe.model import Classifier, channel_statistics, create_network
 from imgpipe.resume import Progress, Resumable, resume, save_state, state_key
 from imgpipe.splits import SplitArrays
+from imgpipe.transfer import (
+    build_optimizer,
+    frozen_parameter_names,
+    hold_frozen_norms,
+    set_frozen,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +61,32 @@ class MetricLogger(Protocol):
 
     def log_metric(self, name: str, val: float) -> None: ...
     def next_step(self) -> None: ...
+
+
+class Inputs(Protocol):
+    """What an epoch draws batches from: images (``full``) or cached features (``head``)."""
+
+    @property
+    def labels(self) -> np.ndarray: ...
+    def __len__(self) -> int: ...
+    def batch(
+        self, rows: np.ndarray, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+@dataclass
+class ImageInputs:
+    split: SplitArrays
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.split.labels
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def batch(self, rows: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        return gather_batch(self.split, rows, device)
 
 
 @dataclass
@@ -88,6 +131,7 @@ def train_classifier(
     *,
     metric_logger: MetricLogger | None = None,
     state_path: Path | None = None,
+    feature_cache: Path | None = None,
     processes: Processes | None = None,
 ) -> TrainResult:
     """Train, keeping the best epoch by validation accuracy (then loss).
@@ -100,6 +144,8 @@ def train_classifier(
         state_path: where the state after each epoch is kept; a run started with the same
             settings and data continues from it (after a crash or a kill) with the same result
             as an uninterrupted run. The caller deletes it once the model is saved.
+        feature_cache: folder of the frozen features ``finetune: head`` trains on (kept across
+            runs; None computes them every time).
         processes: this process's place in a torchrun job
             (:func:`~imgpipe.distributed.start_processes`); None when alone. With several, the
             model is wrapped in DistributedDataParallel and each process takes its share of
@@ -107,7 +153,7 @@ def train_classifier(
             rank 0 alone writes the state.
     """
     processes = processes or Processes()
-    trainer = build_trainer(config, train, processes)
+    trainer = build_trainer(config, train, val, processes, feature_cache)
     key = state_key(config.fingerprint(), train, val)
     progress = resume(state_path, key, trainer.resumable(), processes.rank)
     if metric_logger is not None:
@@ -115,10 +161,11 @@ def train_classifier(
             log_epoch(metric_logger, record)
     started, seen = time.perf_counter(), 0
     for epoch in range(progress.epoch + 1, config.epochs + 1):
-        train_loss, images = train_one_epoch(trainer, train, progress)
+        trainer.set_trainable(epoch)
+        train_loss, images = train_one_epoch(trainer, progress)
         seen += images
-        record = {"epoch": epoch, "train_loss": train_loss, **validate(trainer, val)}
-        record["lr"] = trainer.optimizer.param_groups[0]["lr"]
+        record = {"epoch": epoch, "train_loss": train_loss, **validate(trainer)}
+        record["lr"] = max(group["lr"] for group in trainer.optimizer.param_groups)
         progress.history.append(record)
         progress.epoch = epoch
         log.info(
@@ -136,7 +183,7 @@ def train_classifier(
             log.info("early stopping: no better validation score for %d epochs", stale)
             break
     rate = seen * processes.world / (time.perf_counter() - started) if seen else 0.0
-    return _result(trainer, progress, train, rate)
+    return _result(trainer, progress, rate)
 
 
 @dataclass
@@ -146,88 +193,156 @@ class Trainer:
     config: TrainConfig
     processes: Processes
     device: torch.device
-    model: Classifier  # the weights being optimised
-    mean: list[float]  # the normalisation it applies, from the training images
+    network: Classifier  # the whole model: what is saved and exported
+    model: nn.Module  # what is optimised: the network, or its head alone (finetune: head)
+    mean: list[float]  # the normalisation the network applies, from the training images
     std: list[float]
-    forward: Callable[[torch.Tensor], torch.Tensor]  # the model, or its DDP/compiled wrapper
     average: ModelEmaV3 | None  # the weight average that is validated and kept
     optimizer: torch.optim.Optimizer
     schedule: Schedule
+    train_inputs: Inputs
+    validation: Callable[[nn.Module], torch.Tensor]  # probabilities on the validation split
+    val_labels: np.ndarray
     augment: Callable[[torch.Tensor], torch.Tensor] | None
+    mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None
     class_weights: torch.Tensor  # 1 / class frequency (class_balance: sampler draws by them)
     loss_weights: torch.Tensor | None  # the same on the device (class_balance: loss)
     shuffler: torch.Generator
+    forward: Callable[[torch.Tensor], Any] = field(init=False)  # model, or its DDP wrapper
+    frozen: frozenset[str] | None = field(default=None, init=False)
 
     @property
-    def evaluated(self) -> Classifier:
-        return self.average.module if self.average else self.model  # type: ignore[return-value]
+    def evaluated(self) -> nn.Module:
+        return self.average.module if self.average else self.model  # type: ignore[no-any-return]
 
     def resumable(self) -> Resumable:
         average = self.average.module if self.average is not None else None
         return Resumable(self.model, self.optimizer, self.schedule, average, self.shuffler)
 
+    def set_trainable(self, epoch: int) -> None:
+        """Freeze what ``freeze`` (and, during the first ``freeze_epochs``, the whole backbone)
+        keeps fixed this epoch; the training wrapper follows when that changes."""
+        config = self.config
+        if config.finetune == "head":
+            frozen: frozenset[str] = frozenset()
+        else:
+            freeze = "backbone" if epoch <= config.freeze_epochs else config.freeze
+            frozen = frozenset(frozen_parameter_names(self.network.net, freeze))
+        if frozen != self.frozen:
+            set_frozen(self.network.net if config.finetune == "full" else self.model, set(frozen))
+            self.forward = _wrap(self.model, self.device, config.compile, self.processes)
+            if self.frozen is not None:
+                log.info("epoch %d: %d parameter tensors frozen", epoch, len(frozen))
+            self.frozen = frozen
 
-def build_trainer(config: TrainConfig, train: SplitArrays, processes: Processes) -> Trainer:
-    """Seed, then create the model (normalised by the training images' statistics), its
-    placement, weight average, optimiser and schedule. The order is fixed: it decides which
-    random numbers initialise the weights."""
+
+def build_trainer(
+    config: TrainConfig,
+    train: SplitArrays,
+    val: SplitArrays,
+    processes: Processes,
+    feature_cache: Path | None = None,
+) -> Trainer:
+    """Seed, then create the network (normalised by the training images' statistics), what
+    of it trains, its weight average, optimiser, schedule and inputs. The order is fixed: it
+    decides which random numbers initialise the weights."""
     seed_everything(config.seed)
     device = resolve_device(config.device, processes.local_rank)
     mean, std = channel_statistics(train.images)
-    net = create_network(config.model, len(train.classes), train.images.shape[-1],
-                         config.pretrained)  # fmt: skip
-    model, forward = _place(Classifier(net, mean, std), device, config.compile, processes)
+    channels, classes = train.images.shape[-1], len(train.classes)
+    net = create_network(config.model, classes, channels, config.pretrained, config.drop_path)
+    network = Classifier(net, mean, std).to(device)
+    if device.type == "cuda":  # tensor cores want channels-last
+        network = network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    augment = build_augmentation(config.augment, channels)
+    if config.finetune == "head":
+        views, val_features = cached_features(
+            network, train, val, config, augment=augment, device=device, cache=feature_cache,
+            processes=processes,
+        )  # fmt: skip
+        model: nn.Module = network.net.get_classifier()
+        train_inputs: Inputs = FeatureInputs(
+            views, train.labels, torch.Generator().manual_seed(config.seed)
+        )
+
+        def validation(module: nn.Module) -> torch.Tensor:
+            return head_probabilities(module, val_features, config.batch_size, device)
+
+        augment = None  # the views carry it
+    else:
+        model = network
+        train_inputs = ImageInputs(train)
+
+        def validation(module: nn.Module) -> torch.Tensor:
+            return predict_split(module, val, config.batch_size, device)  # type: ignore[arg-type]
+
     # Warm-up ramps the decay towards ema_decay, so short runs are not dragged to the init.
     average = (
         ModelEmaV3(model, decay=config.ema_decay, use_warmup=True) if config.ema_decay > 0 else None
     )
     if processes.rank:  # the other processes draw their own augmentation (rank 0 keeps seed)
         torch.manual_seed(config.seed + processes.rank)
+    optimizer = build_optimizer(
+        model.net if isinstance(model, Classifier) else model, config.optimizer, config.lr,
+        config.weight_decay, config.layer_decay if config.finetune == "full" else 0.0,
+    )  # fmt: skip
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
-    optimizer = build_optimizer(config.optimizer, model.parameters(), config.lr,
-                                config.weight_decay)  # fmt: skip
     schedule = Schedule(
         config.schedule, optimizer, config.lr, config.epochs * steps_per_epoch,
         round(config.warmup_epochs * steps_per_epoch),
     )  # fmt: skip
-    weights = class_weights(train.labels, len(train.classes))
+    weights = class_weights(train.labels, classes)
     return Trainer(
-        config, processes, device, model, mean, std, forward, average, optimizer, schedule,
-        build_augmentation(config.augment), weights,
+        config, processes, device, network, model, mean, std, average, optimizer, schedule,
+        train_inputs, validation, val.labels, augment,
+        build_mixing(config.mixup, config.cutmix, classes), weights,
         weights.to(device) if config.class_balance == "loss" else None,
         torch.Generator().manual_seed(config.seed),
     )  # fmt: skip
 
 
-def train_one_epoch(trainer: Trainer, train: SplitArrays, progress: Progress) -> tuple[float, int]:
-    """One pass over the training split: mean loss (over all processes) and the number of
+def train_one_epoch(trainer: Trainer, progress: Progress) -> tuple[float, int]:
+    """One pass over the training inputs: mean loss (over all processes) and the number of
     images this process trained on."""
-    config, processes = trainer.config, trainer.processes
+    config, processes, inputs = trainer.config, trainer.processes, trainer.train_inputs
     trainer.model.train()
-    order = epoch_order(train.labels, trainer.class_weights, config.class_balance == "sampler",
+    hold_frozen_norms(trainer.model)
+    order = epoch_order(inputs.labels, trainer.class_weights, config.class_balance == "sampler",
                         trainer.shuffler)  # fmt: skip
     loss_sum, seen = 0.0, 0
     for start in range(0, len(order), config.batch_size):
         # This process's share of the global batch; sorted: sequential memmap reads.
         rows = np.sort(order[start : start + config.batch_size][processes.rank :: processes.world])
-        images, labels = gather_batch(train, rows, trainer.device)
-        loss_sum += train_step(trainer, images, labels, progress) * len(rows)
+        loss_sum += train_step(trainer, rows, progress) * len(rows)
         seen += len(rows)
     return sum_over_processes(loss_sum, processes, trainer.device) / len(order), seen
 
 
-def train_step(
-    trainer: Trainer, images: torch.Tensor, labels: torch.Tensor, progress: Progress
-) -> float:
-    """Augment, forward, backward, optimiser and schedule step, weight average; the loss."""
+def train_step(trainer: Trainer, rows: np.ndarray, progress: Progress) -> float:
+    """One optimiser step on ``rows``, in ``accumulate`` parts one after another (the same
+    step with a fraction of the memory): augment and mix, forward, backward; then clip, step
+    the optimiser, the schedule and the weight average. Returns the mean loss."""
     config = trainer.config
-    if trainer.augment is not None:
-        images = trainer.augment(images)
-    with autocast(trainer.device):
-        loss = F.cross_entropy(trainer.forward(images), labels, weight=trainer.loss_weights,
-                               label_smoothing=config.label_smoothing)  # fmt: skip
+    parts = [part for part in np.array_split(rows, config.accumulate) if len(part)]
     trainer.optimizer.zero_grad(set_to_none=True)
-    loss.backward()  # type: ignore[no-untyped-call]
+    total = 0.0
+    for index, part in enumerate(parts):
+        inputs, labels = trainer.train_inputs.batch(part, trainer.device)
+        if trainer.augment is not None:
+            inputs = trainer.augment(inputs)
+        targets: torch.Tensor = labels
+        if trainer.mix is not None:
+            inputs, targets = trainer.mix(inputs, labels)
+        last = index == len(parts) - 1
+        syncing = contextlib.nullcontext() if last else _no_sync(trainer.forward)
+        with syncing:
+            with autocast(trainer.device):
+                loss = F.cross_entropy(
+                    trainer.forward(inputs), targets, weight=trainer.loss_weights,
+                    label_smoothing=config.label_smoothing,
+                )  # fmt: skip
+            (loss * len(part) / len(rows)).backward()  # type: ignore[no-untyped-call]
+        total += float(loss.item()) * len(part)
     if config.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), config.grad_clip)
     trainer.optimizer.step()
@@ -235,47 +350,53 @@ def train_step(
     trainer.schedule.step(progress.step)
     if trainer.average is not None:
         trainer.average.update(trainer.model, step=progress.step)
-    return float(loss.item())
+    return total / len(rows)
 
 
-def validate(trainer: Trainer, val: SplitArrays) -> dict[str, float]:
-    """Loss and accuracy of the kept weights (the average, when there is one) on ``val``."""
+def validate(trainer: Trainer) -> dict[str, float]:
+    """Loss and accuracy of the kept weights (the average, when there is one) on the
+    validation split."""
     share_buffers_of_rank_0([trainer.model, trainer.evaluated], trainer.processes)
-    loss, accuracy = evaluate_split(trainer.evaluated, val, trainer.config.batch_size,
-                                    trainer.device)  # fmt: skip
+    probabilities = trainer.validation(trainer.evaluated)
+    loss, accuracy = loss_and_accuracy(probabilities, trainer.val_labels)
     return {"val_loss": loss, "val_accuracy": accuracy}
 
 
-def _result(trainer: Trainer, progress: Progress, train: SplitArrays, rate: float) -> TrainResult:
-    """The best epoch's weights in a fresh CPU model."""
-    config, mean, std = trainer.config, trainer.mean, trainer.std
-    net = create_network(config.model, len(train.classes), train.images.shape[-1])
-    final = Classifier(net, mean, std)
-    final.load_state_dict({k: v.cpu() for k, v in progress.best_state.items()})
-    return TrainResult(final.eval(), _best_epoch(progress.history), mean, std, progress.history,
-                       rate, trainer.processes.world)  # fmt: skip
+def _result(trainer: Trainer, progress: Progress, rate: float) -> TrainResult:
+    """The best epoch's weights in a CPU copy of the whole network."""
+    final = copy.deepcopy(trainer.network).cpu()
+    best = {k: v.cpu() for k, v in progress.best_state.items()}
+    if trainer.config.finetune == "head":
+        final.net.get_classifier().load_state_dict(best)
+    else:
+        final.load_state_dict(best)
+    final.requires_grad_(True)
+    return TrainResult(final.eval(), _best_epoch(progress.history), trainer.mean, trainer.std,
+                       progress.history, rate, trainer.processes.world)  # fmt: skip
 
 
-def _place(
-    model: Classifier, target: torch.device, compile_model: bool, processes: Processes
-) -> tuple[Classifier, Callable[[torch.Tensor], torch.Tensor]]:
-    """The model on ``target`` (channels-last on CUDA, which tensor cores want) and the callable
-    training steps go through: DistributedDataParallel in a torchrun job (it averages the
-    gradients across processes during backward), compiled when asked. The module itself keeps
-    the weights."""
-    model = model.to(target)
-    if target.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+def _wrap(
+    model: nn.Module, device: torch.device, compile_model: bool, processes: Processes
+) -> Callable[[torch.Tensor], Any]:
+    """What training steps call: DistributedDataParallel in a torchrun job (it averages the
+    gradients across processes during backward; built anew when what trains changes), compiled
+    when asked. The module itself keeps the weights."""
     forward: Any = model
     if processes.distributed:
         from torch.nn.parallel import DistributedDataParallel
 
         forward = DistributedDataParallel(
-            model, device_ids=[target.index] if target.type == "cuda" else None
+            model, device_ids=[device.index] if device.type == "cuda" else None
         )
     if compile_model:
         forward = torch.compile(forward)
-    return model, forward
+    return forward  # type: ignore[no-any-return]
+
+
+def _no_sync(forward: Any) -> contextlib.AbstractContextManager[Any]:
+    """DDP's ``no_sync`` (gradients of all but an optimiser step's last part stay local)."""
+    module = getattr(forward, "_orig_mod", forward)  # a compiled wrapper keeps the original
+    return module.no_sync() if hasattr(module, "no_sync") else contextlib.nullcontext()
 
 
 def log_epoch(metric_logger: MetricLogger, record: dict[str, float]) -> None:
@@ -285,23 +406,9 @@ def log_epoch(metric_logger: MetricLogger, record: dict[str, float]) -> None:
     metric_logger.next_step()
 
 
-def build_optimizer(
-    name: Literal["adamw", "sgd"],
-    parameters: Iterable[torch.nn.Parameter],
-    lr: float,
-    weight_decay: float,
-) -> torch.optim.Optimizer:
-    if name == "adamw":
-        return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(
-            parameters, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay
-        )
-    assert_never(name)
-
-
 class Schedule:
-    """Per-step learning rate: timm's warm-up + cosine, or torch's one-cycle."""
+    """Per-step learning rate: timm's warm-up + cosine, or torch's one-cycle. Both keep the
+    per-group scale that layer-wise lr decay sets (timm's ``lr_scale``)."""
 
     def __init__(
         self,
@@ -319,8 +426,9 @@ class Schedule:
                 lr_min=lr / 100, t_in_epochs=False,
             )  # fmt: skip
         elif name == "onecycle":
+            peaks = [lr * group.get("lr_scale", 1.0) for group in optimizer.param_groups]
             self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer, max_lr=lr, total_steps=total, pct_start=max(warmup / total, 0.01),
+                optimizer, max_lr=peaks, total_steps=total, pct_start=max(warmup / total, 0.01),
                 div_factor=100, final_div_factor=100,
             )  # fmt: skip
         else:
