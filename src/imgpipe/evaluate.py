@@ -1,22 +1,35 @@
-"""The ``evaluate`` stage's library: metrics of a trained model on the test split."""
+"""The ``evaluate`` stage's library: metrics of a trained model on the test split, test-time
+augmentation, and the pictures of what went wrong (the worst images, and Grad-CAM maps of
+where the network looked)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Literal
 
 import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812 (the conventional name)
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+
+from imgpipe.model import Classifier
+
+TOP_K = 5  # top-k accuracy is reported when there are more classes than this
+MULTICROP_SHARE = 0.875  # side of each of the five crops, as a share of the image's side
+GRADCAM_MIN_CELLS = 7  # coarser maps cannot say where in the image the network looked
 
 
 def classification_metrics(
-    labels: np.ndarray, predicted: np.ndarray, classes: list[str]
-) -> dict[str, Any]:
-    """Accuracy, macro/weighted F1 and per-class precision, recall, F1 and support."""
+    labels: np.ndarray, probabilities: np.ndarray, classes: list[str]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The headline metrics (accuracy, macro/weighted F1, top-5 accuracy when there are more
+    than five classes) and one row per class (precision, recall, F1, support)."""
+    predicted = probabilities.argmax(1)
     indices = list(range(len(classes)))
     precision, recall, f1, support = precision_recall_fscore_support(
         labels, predicted, labels=indices, zero_division=0
     )
-    return {
+    headline: dict[str, Any] = {
         "accuracy": round(float(accuracy_score(labels, predicted)), 6),
         "macro_f1": round(
             float(f1_score(labels, predicted, labels=indices, average="macro", zero_division=0)), 6
@@ -26,16 +39,56 @@ def classification_metrics(
             6,
         ),
         "test_images": len(labels),
-        "per_class": {
-            name: {
-                "precision": round(float(precision[i]), 6),
-                "recall": round(float(recall[i]), 6),
-                "f1": round(float(f1[i]), 6),
-                "support": int(support[i]),
-            }
-            for i, name in enumerate(classes)
-        },
     }
+    if len(classes) > TOP_K:
+        top = np.argsort(-probabilities, axis=1, kind="stable")[:, :TOP_K]
+        headline[f"top{TOP_K}_accuracy"] = round(float((top == labels[:, None]).any(1).mean()), 6)
+    rows = [
+        {
+            "class": name,
+            "precision": round(float(precision[i]), 6),
+            "recall": round(float(recall[i]), 6),
+            "f1": round(float(f1[i]), 6),
+            "support": int(support[i]),
+        }
+        for i, name in enumerate(classes)
+    ]
+    return headline, rows
+
+
+def tta_views(
+    kind: Literal["none", "hflip", "multicrop"],
+) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+    """Test-time augmentation: the views of each image whose probabilities are averaged.
+
+    ``hflip``: the image and its mirror image (wrong for digits and text). ``multicrop``: the
+    image and its four corners and centre at 87.5% of the side, each resized back.
+    """
+    if kind == "none":
+        return [_identity]
+    if kind == "hflip":
+        return [_identity, _mirror]
+    return [_identity, *(_crop(corner) for corner in ("tl", "tr", "bl", "br", "centre"))]
+
+
+def _identity(images: torch.Tensor) -> torch.Tensor:
+    return images
+
+
+def _mirror(images: torch.Tensor) -> torch.Tensor:
+    return images.flip(-1)
+
+
+def _crop(corner: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    def view(images: torch.Tensor) -> torch.Tensor:
+        height, width = images.shape[-2:]
+        h, w = round(height * MULTICROP_SHARE), round(width * MULTICROP_SHARE)
+        top = {"t": 0, "b": height - h, "c": (height - h) // 2}[corner[0]]
+        left = {"l": 0, "r": width - w, "e": (width - w) // 2}[corner[1]]
+        part = images[..., top : top + h, left : left + w].float()
+        return F.interpolate(part, size=(height, width), mode="bilinear", align_corners=False)
+
+    return view
 
 
 def confusion_rows(
@@ -176,3 +229,78 @@ def misclassified_grid(
         text = f"{classes[labels[i]]}->{classes[predicted[i]]} {confidence[i]:.2f}"
         draw.text((x + 2, y + tile), text[:16], fill="black")
     return sheet
+
+
+def gradcam_grid(
+    model: Classifier,
+    images: np.ndarray,
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    classes: list[str],
+    *,
+    limit: int = 18,
+    tile: int = 96,
+) -> Any:
+    """A PIL image: Grad-CAM heat maps (the ``grad-cam`` library) over the ``limit`` most
+    confidently wrong test images, for the class the model wrongly chose: where it looked.
+
+    The target layer is the deepest stage timm's ``feature_info`` names whose map still has 7
+    cells on a side: at 224 px the last stage (``layer4`` for ResNets, ``blocks.6`` for
+    EfficientNet-B0, ``stages.3`` for ConvNeXt, ``features.norm5`` for DenseNet); on 28 px
+    digits ``layer1``, since deeper maps are 1-4 cells wide. Networks without spatial stages
+    (vision transformers' token sequences) get a sheet saying so.
+    """
+    from PIL import Image, ImageDraw
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    predicted = probabilities.argmax(1)
+    confidence = probabilities[np.arange(len(labels)), predicted]
+    wrong = np.flatnonzero(predicted != labels)
+    wrong = wrong[np.argsort(-confidence[wrong], kind="stable")][:limit]
+    columns, caption = 6, 14
+    sheet = Image.new("RGB", (columns * tile, max(1, -(-len(wrong) // columns)) * (tile + caption)),
+                      "white")  # fmt: skip
+    draw = ImageDraw.Draw(sheet)
+    layer = _last_spatial_layer(model, images[:1])
+    if not len(wrong) or layer is None:
+        draw.text((4, 4), "no misclassified images" if layer else "no spatial layer for "
+                  "Grad-CAM in this architecture", fill="black")  # fmt: skip
+        return sheet
+    batch = torch.from_numpy(np.ascontiguousarray(images[wrong])).permute(0, 3, 1, 2).float()
+    with GradCAM(model=model.eval(), target_layers=[layer]) as cam:
+        maps = cam(input_tensor=batch, targets=[ClassifierOutputTarget(int(predicted[i]))
+                                                 for i in wrong])  # fmt: skip
+    for slot, (i, heat) in enumerate(zip(wrong, maps, strict=True)):
+        pixels = images[i].astype(np.float32) / 255.0
+        rgb = np.repeat(pixels, 3, axis=-1) if pixels.shape[-1] == 1 else pixels
+        overlay = Image.fromarray(show_cam_on_image(rgb, heat, use_rgb=True, image_weight=0.6))
+        overlay = overlay.resize((tile - 4, tile - 4), Image.Resampling.BILINEAR)
+        x, y = (slot % columns) * tile, (slot // columns) * (tile + caption)
+        sheet.paste(overlay, (x + 2, y + 2))
+        text = f"{classes[labels[i]]}->{classes[predicted[i]]} {confidence[i]:.2f}"
+        draw.text((x + 2, y + tile), text[:16], fill="black")
+    return sheet
+
+
+def _last_spatial_layer(model: Classifier, sample: np.ndarray) -> torch.nn.Module | None:
+    """The deepest stage (timm's ``feature_info``) whose output map is at least
+    :data:`GRADCAM_MIN_CELLS` cells on a side for ``sample`` (1 x H x W x C), else the stage
+    with the largest map; None when the network has no spatial stages."""
+    info = getattr(model.net, "feature_info", None)
+    if not info or not isinstance(info, list):
+        return None
+    side = min(sample.shape[1:3])
+    stages = sorted(info, key=lambda stage: stage["reduction"])
+    fine = [stage for stage in stages if side // stage["reduction"] >= GRADCAM_MIN_CELLS]
+    layer = model.net.get_submodule((fine or stages[:1])[-1]["module"])
+    probe = torch.from_numpy(np.ascontiguousarray(sample)).permute(0, 3, 1, 2).float()
+    seen: list[torch.Tensor] = []
+    handle = layer.register_forward_hook(lambda module, inputs, output: seen.append(output))
+    try:
+        with torch.no_grad():
+            model.eval()(probe)
+    finally:
+        handle.remove()
+    return layer if seen and isinstance(seen[0], torch.Tensor) and seen[0].dim() == 4 else None

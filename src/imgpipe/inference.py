@@ -4,6 +4,7 @@ evaluate scores with them)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,16 +45,25 @@ def gather_batch(
 
 @torch.no_grad()
 def predict_split(
-    model: Classifier, split: SplitArrays, batch_size: int, device: torch.device
+    model: Classifier,
+    split: SplitArrays,
+    batch_size: int,
+    device: torch.device,
+    views: Sequence[Callable[[torch.Tensor], torch.Tensor]] = (),
 ) -> torch.Tensor:
-    """Class probabilities for every image of ``split``, in order (float32, on the CPU)."""
+    """Class probabilities for every image of ``split``, in order (float32, on the CPU);
+    with ``views`` (test-time augmentation), the mean of the probabilities of each view."""
     model.eval()
     outputs = []
     for start in range(0, len(split), batch_size):
         rows = np.arange(start, min(start + batch_size, len(split)))
         images, _ = gather_batch(split, rows, device)
         with autocast(device):
-            outputs.append(model(images).float().softmax(1).cpu())
+            if views:
+                mean = sum(model(view(images)).float().softmax(1) for view in views) / len(views)
+                outputs.append(torch.as_tensor(mean).cpu())
+            else:
+                outputs.append(model(images).float().softmax(1).cpu())
     return torch.cat(outputs) if outputs else torch.empty(0, len(split.classes))
 
 

@@ -49,6 +49,7 @@ class PreprocessParams(FrozenSettings):
 
 class EvaluateParams(FrozenSettings):
     batch_size: int = Field(ge=1)
+    tta: Literal["none", "hflip", "multicrop"]
 
 
 class ExportParams(FrozenSettings):
