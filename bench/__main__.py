@@ -68,27 +68,50 @@ def bench_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+STRONG_RECIPE = {"augment": {"policy": "randaugment"}, "mixup": 0.2}  # the photo recipe's
+
+
 def bench_train(args: argparse.Namespace) -> int:
     from bench.bench import bench_train as run
     from imgpipe.io import write_json
     from imgpipe.params import load_params
 
     p = load_params(args.params)
-    configurations = [
-        ("default", p.model, p.preprocess.image_size, p.preprocess.channels, p.batch_size),
-        ("resnet18", "resnet18", 224, 3, args.resnet_batch_size),
-    ]
+    configurations = {
+        "default": (p.model, p.preprocess.image_size, p.preprocess.channels, p.batch_size, {}),
+        "default+randaugment+mixup": (p.model, p.preprocess.image_size, p.preprocess.channels,
+                                      p.batch_size, STRONG_RECIPE),
+        "resnet18": ("resnet18", 224, 3, args.resnet_batch_size, {}),
+        "resnet18+randaugment+mixup": ("resnet18", 224, 3, args.resnet_batch_size, STRONG_RECIPE),
+    }  # fmt: skip
     results = {}
-    for name, architecture, size, channels, batch_size in configurations:
+    for name, (architecture, size, channels, batch_size, recipe) in configurations.items():
         if args.only and name not in args.only:
             continue
         config = p.training().replace(model=architecture, batch_size=batch_size,
-                                      epochs=args.epochs, warmup_epochs=0)  # fmt: skip
+                                      epochs=args.epochs, warmup_epochs=0, **recipe)  # fmt: skip
         results[name] = run(
             config, image_size=size, channels=channels, rounds=args.rounds,
-            images=args.images if name == "default" else args.resnet_images,
+            images=args.images if name.startswith("default") else args.resnet_images,
         )  # fmt: skip
         log.info("%s: %s", name, results[name])
+    print(json.dumps(results, indent=2))
+    if args.output:
+        write_json(args.output, results)
+    return 0
+
+
+def bench_finetune(args: argparse.Namespace) -> int:
+    from bench.bench import bench_finetune as run
+    from imgpipe.io import write_json
+    from imgpipe.params import load_params
+
+    config = (
+        load_params(args.params)
+        .training()
+        .replace(model=args.architecture, batch_size=args.batch_size, warmup_epochs=0)
+    )
+    results = run(config, image_size=args.image_size, images=args.images)
     print(json.dumps(results, indent=2))
     if args.output:
         write_json(args.output, results)
@@ -121,14 +144,31 @@ def build_parser() -> argparse.ArgumentParser:
                      help="model, batch size, augmentation and EMA of the default run")  # fmt: skip
     sub.add_argument("--images", type=int, default=3500,
                      help="training images, default model (the pipeline's split)")  # fmt: skip
-    sub.add_argument("--resnet-images", type=int, default=256, help="training images, resnet18")
+    sub.add_argument("--resnet-images", type=int, default=128, help="training images, resnet18")
     sub.add_argument("--resnet-batch-size", type=int, default=32, help="batch size, resnet18")
-    sub.add_argument("--epochs", type=int, default=2, help="epochs of each loop per round")
-    sub.add_argument("--rounds", type=int, default=3, help="alternating rounds; best of each")
-    sub.add_argument("--only", action="append", choices=["default", "resnet18"],
+    sub.add_argument("--epochs", type=int, default=1, help="epochs of each loop per round")
+    sub.add_argument("--rounds", type=int, default=7,
+                     help="interleaved rounds of bare loop and stage; median")  # fmt: skip
+    sub.add_argument("--only", action="append",
+                     choices=["default", "default+randaugment+mixup", "resnet18",
+                              "resnet18+randaugment+mixup"],
                      help="run one configuration only (repeatable)")  # fmt: skip
     sub.add_argument("--output", type=Path, help="also write the figures to this JSON file")
     sub.set_defaults(handler=bench_train)
+
+    sub = benches.add_parser(
+        "finetune",
+        help="finetune: head against full fine-tuning: seconds per epoch once the feature cache "
+        "exists, and the one-off cost of building it (resnet18 at 224 by default)",
+    )
+    sub.add_argument("--params", type=Path, default=Path("params.yaml"),
+                     help="the training settings both runs share")  # fmt: skip
+    sub.add_argument("--architecture", default="resnet18", help="timm model")
+    sub.add_argument("--image-size", type=int, default=224, help="input side (RGB)")
+    sub.add_argument("--images", type=int, default=256, help="training images")
+    sub.add_argument("--batch-size", type=int, default=32, help="images per step")
+    sub.add_argument("--output", type=Path, help="also write the figures to this JSON file")
+    sub.set_defaults(handler=bench_finetune)
 
     sub = benches.add_parser(
         "serve",

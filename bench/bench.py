@@ -380,3 +380,50 @@ def bench_train(
     results["ratio"] = round(float(np.median(ratios)), 3)
     results["ratio_spread"] = [round(min(ratios), 3), round(max(ratios), 3)]
     return results
+
+
+def bench_finetune(config: TrainConfig, *, image_size: int, images: int) -> dict[str, Any]:
+    """``finetune: head`` against ``full`` on the same synthetic RGB images and settings.
+
+    Each mode trains 1 and then 2 epochs; the difference is the cost of one epoch alone
+    (set-up, first validation and, for ``head``, reading the cache cancel out). The head's
+    feature cache is built by a first run, timed on its own.
+    """
+    import tempfile
+
+    import torch
+
+    from imgpipe.splits import SplitArrays
+    from imgpipe.train import train_classifier
+
+    rng = np.random.default_rng(0)
+    classes = 10
+
+    def split(count: int) -> SplitArrays:
+        pixels = rng.integers(0, 256, (count, image_size, image_size, 3), dtype=np.uint8)
+        labels = rng.integers(0, classes, count).astype(np.int64)
+        return SplitArrays(pixels, labels, [str(i) for i in range(classes)],
+                           [f"{i}.png" for i in range(count)])  # fmt: skip
+
+    train, val = split(images), split(max(1, images // 10))
+    config = config.replace(device="cpu", processes=1, compile=False, early_stopping=0,
+                            pretrained=False, freeze="none", freeze_epochs=0)  # fmt: skip
+    results: dict[str, Any] = {"architecture": config.model, "input": [3, image_size, image_size],
+                               "images": images, "threads": torch.get_num_threads()}  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="imgpipe-bench-features-") as cache:
+
+        def seconds(finetune: str, epochs: int) -> float:
+            started = time.perf_counter()
+            train_classifier(train, val, config.replace(finetune=finetune, epochs=epochs),
+                             feature_cache=Path(cache))  # fmt: skip
+            return time.perf_counter() - started
+
+        first = seconds("head", 1)  # builds the cache
+        head = [seconds("head", 1), seconds("head", 2)]
+        full = [seconds("full", 1), seconds("full", 2)]
+    head_epoch, full_epoch = head[1] - head[0], full[1] - full[0]
+    results["cache_build_seconds"] = round(first - head[0], 4)
+    results["head_seconds_per_epoch"] = round(head_epoch, 6)
+    results["full_seconds_per_epoch"] = round(full_epoch, 4)
+    results["speedup_per_epoch"] = round(full_epoch / max(head_epoch, 1e-6), 1)
+    return results

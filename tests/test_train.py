@@ -263,8 +263,8 @@ def test_bench_train_reports_the_ratio() -> None:
     assert results["bare_loop_images_per_second"] == pytest.approx(np.median(bare), abs=0.1)
     assert results["train_stage_images_per_second"] == pytest.approx(np.median(stage), abs=0.1)
     ratios = [s / b for s, b in zip(stage, bare, strict=True)]
-    assert results["ratio"] == pytest.approx(np.median(ratios), abs=2e-3)
-    assert results["ratio_spread"] == pytest.approx([min(ratios), max(ratios)], abs=2e-3)
+    assert results["ratio"] == pytest.approx(np.median(ratios), rel=1e-2)
+    assert results["ratio_spread"] == pytest.approx([min(ratios), max(ratios)], rel=1e-2)
 
 
 def run_two_processes(out: Path, *mode: str) -> subprocess.CompletedProcess[str]:
@@ -313,3 +313,60 @@ def test_two_process_ddp_resumes_with_every_processes_random_state(tmp_path: Pat
     for expected, got in zip(rank_weights(whole), rank_weights(interrupted), strict=True):
         for name, tensor in expected.items():
             assert torch.equal(tensor, got[name]), name
+
+
+@pytest.mark.slow
+def test_two_nodes_on_loopback_train_one_model_like_a_single_process(tmp_path: Path) -> None:
+    """The multi-node command of the README with one process per "node", both on this
+    machine: c10d rendezvous on loopback, gloo. Both ranks end with the same weights, and the
+    result is close to a single process's (the same global batches, other augmentation)."""
+    from tests.conftest import free_port
+
+    endpoint = f"127.0.0.1:{free_port()}"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    nodes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=2",
+                f"--node-rank={rank}",
+                "--nproc-per-node=1",
+                "--rdzv-backend=c10d",
+                f"--rdzv-endpoint={endpoint}",
+                "--rdzv-id=imgpipe-test",
+                str(REPO_ROOT / "tests/ddp_worker.py"),
+                str(tmp_path),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world"] for r in reports] == [2, 2]
+    weights = rank_weights(tmp_path)
+    for name, tensor in weights[0].items():
+        assert torch.equal(tensor, weights[1][name]), name
+    alone = train_classifier(make_split(24, seed=1), make_split(8, seed=2), train_config())
+    two_nodes = max(h["val_accuracy"] for h in reports[0]["history"])
+    assert abs(two_nodes - alone.best["val_accuracy"]) <= 0.1
+
+
+def test_bench_finetune_reports_epoch_costs_and_the_cache() -> None:
+    from bench.bench import bench_finetune
+
+    config = train_config(model="test_resnet", batch_size=8, warmup_epochs=0)
+    results = bench_finetune(config, image_size=32,
+                             images=16)  # fmt: skip
+    assert results["architecture"] == "test_resnet" and results["images"] == 16
+    assert results["speedup_per_epoch"] == pytest.approx(
+        results["full_seconds_per_epoch"] / max(results["head_seconds_per_epoch"], 1e-6),
+        rel=0.01,
+        abs=0.1,
+    )
