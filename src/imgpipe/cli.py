@@ -98,7 +98,8 @@ def drift(args: argparse.Namespace) -> int:
 def report(args: argparse.Namespace) -> int:
     from imgpipe.report import write_report
 
-    print(write_report(Path.cwd(), args.base, args.out))
+    print(write_report(Path.cwd(), args.base, args.out, data_images=args.data_images,
+                       threshold=args.regression_threshold))  # fmt: skip
     return 0
 
 
@@ -194,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--base", required=True, help="git revision to compare against")
     sub.add_argument("--out", type=Path, default=Path("reports/pr"),
                      help="folder for report.md and plots/*.png")  # fmt: skip
+    sub.add_argument("--data-images", action="store_true",
+                     help="also include image plots made of test data (misclassified and "
+                     "Grad-CAM grids); left out by default, since PR comments may publish "
+                     "images to a public host")  # fmt: skip
+    sub.add_argument("--regression-threshold", type=float, default=0.005,
+                     help="a headline metric moving further than this is marked")  # fmt: skip
     sub.set_defaults(handler=report)
 
     sub = commands.add_parser(

@@ -7,6 +7,8 @@ comment. ``imgpipe check-metrics`` fails when reproduced metrics drift from a re
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 import shutil
@@ -64,13 +66,17 @@ def param_changes(repo: Path, base: str) -> list[Change]:
     return changes(dvc_json(repo, "params", "diff", base))
 
 
-def render_plots(repo: Path, base: str, out: Path) -> list[tuple[str, Path]]:
+def render_plots(
+    repo: Path, base: str, out: Path, *, data_images: bool = False
+) -> tuple[list[tuple[str, Path]], list[str]]:
     """Every DVC plot, base revision against the workspace, as a PNG in ``out``: Vega plots
-    rendered, image plots (the misclassified grid) copied once per revision."""
+    (curves, matrices: aggregates) rendered; image plots (the misclassified and Grad-CAM grids,
+    made of test images) copied once per revision only with ``data_images``. Returns the
+    rendered plots and the names of the image plots left out."""
     import vl_convert
 
     out.mkdir(parents=True, exist_ok=True)
-    rendered = []
+    rendered, withheld = [], []
     with tempfile.TemporaryDirectory(prefix="imgpipe-plots-") as images:
         plots = dvc_json(repo, "plots", "diff", base, "-o", images)["data"]
         for name, entries in sorted(plots.items()):
@@ -81,12 +87,23 @@ def render_plots(repo: Path, base: str, out: Path) -> list[tuple[str, Path]]:
                 with atomic_path(target) as temporary:
                     temporary.write_bytes(vl_convert.vegalite_to_png(entry["content"], scale=1.5))
                 rendered.append((name, target))
-            for entry in (e for e in entries if e.get("type") == "image"):
+            pictures = [e for e in entries if e.get("type") == "image"]
+            if pictures and not data_images:
+                withheld.append(name)
+                continue
+            for entry in pictures:
                 revision = entry["revisions"][0]
                 target = out / f"{slug}-{re.sub(r'[^A-Za-z0-9]+', '-', revision)}.png"
                 shutil.copyfile(entry["url"], target)
                 rendered.append((f"{name} ({revision})", target))
-    return rendered
+    return rendered, withheld
+
+
+# The metrics a reviewer looks at first, in this order; for ECE lower is better.
+HEADLINE = ("accuracy", "macro_f1", "ece", "macro_roc_auc", "top5_accuracy", "tta_accuracy")
+LOWER_IS_BETTER = frozenset({"ece"})
+PER_CLASS = "metrics/eval/per_class.csv"
+DRIFT_SUMMARY = "metrics/drift_baseline.json"
 
 
 def _cell(value: Any) -> str:
@@ -104,6 +121,37 @@ def _delta(change: Change) -> str:
     return "0" if delta == 0 else f"{delta:+.4g}"
 
 
+def _verdict(change: Change, threshold: float) -> str:
+    """A clear mark when a headline metric moved beyond ``threshold`` in either direction."""
+    delta = change.delta
+    if delta is None or abs(delta) <= threshold:
+        return ""
+    worse = delta > 0 if change.key in LOWER_IS_BETTER else delta < 0
+    return "**regression**" if worse else "improvement"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+
+
+def _details(summary: str, body: list[str]) -> list[str]:
+    return ["", "<details>", f"<summary>{summary}</summary>", "", *body, "", "</details>"]
+
+
+def per_class_rows(repo: Path, base: str) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """The per-class scores at ``base`` (from git; empty when it had none) and now."""
+    shown = subprocess.run(["git", "show", f"{base}:{PER_CLASS}"], cwd=repo,
+                           capture_output=True, text=True, check=False)  # fmt: skip
+    old = list(csv.DictReader(io.StringIO(shown.stdout))) if shown.returncode == 0 else []
+    current = repo / PER_CLASS
+    new = list(csv.DictReader(io.StringIO(current.read_text()))) if current.is_file() else []
+    return old, new
+
+
 def markdown(
     base: str,
     metrics: list[Change],
@@ -111,50 +159,83 @@ def markdown(
     plots: list[tuple[str, Path]],
     *,
     relative_to: Path,
-    metric_limit: int = 40,
+    per_class: tuple[list[dict[str, str]], list[dict[str, str]]] = ([], []),
+    withheld: list[str] = (),  # type: ignore[assignment]
+    threshold: float = 0.005,
 ) -> str:
-    """The PR comment: metric and param tables with deltas, then the plots.
-
-    Metrics that moved come first; unchanged ones are listed only when top-level (accuracy,
-    macro_f1, ...), not nested (per-class scores, counts), and at most ``metric_limit`` rows.
-    """
+    """The PR comment, what moved first: the headline metrics with deltas and a regression
+    mark beyond ``threshold``, the changed params, then (collapsed) every other metric that
+    moved, the per-class scores and the drift-baseline shares, and the plots."""
     lines = [f"## imgpipe: this change against `{base}`", ""]
-    moved = [c for c in metrics if c.old != c.new]
-    headline = [c for c in metrics if c.old == c.new and "." not in c.key]
-    shown = [*moved, *headline][:metric_limit]
-    if metrics:
-        lines += ["### Metrics", "", "| file | metric | base | this change | delta |",
-                  "|---|---|---|---|---|"]  # fmt: skip
-        for change in shown:
-            lines.append(
-                f"| {change.file} | {change.key} | {_cell(change.old)} | {_cell(change.new)} "
-                f"| {_delta(change)} |"
-            )
-        if len(shown) < len(metrics):
-            lines.append(f"\n{len(metrics) - len(shown)} more metrics not shown.")
+    headline = sorted(
+        (c for c in metrics if c.key in HEADLINE),
+        key=lambda c: (HEADLINE.index(c.key), c.file),
+    )
+    if headline:
+        rows = [[c.key, _cell(c.old), _cell(c.new), _delta(c), _verdict(c, threshold)]
+                for c in headline]  # fmt: skip
+        lines += _table(["metric", "base", "this change", "delta", f"beyond {threshold:g}"], rows)
     else:
-        lines.append("No metrics found.")
+        lines.append("No headline metrics found.")
     lines += ["", "### Params", ""]
     if params:
-        lines += ["| file | param | base | this change |", "|---|---|---|---|"]
-        lines += [f"| {c.file} | {c.key} | {_cell(c.old)} | {_cell(c.new)} |" for c in params]
+        lines += _table(["param", "base", "this change"],
+                        [[c.key, _cell(c.old), _cell(c.new)] for c in params])  # fmt: skip
     else:
         lines.append("No params changed.")
+    others = [c for c in metrics if c.key not in HEADLINE and c.file != DRIFT_SUMMARY]
+    moved = [c for c in others if c.old != c.new]
+    if moved:
+        rows = [[c.file, c.key, _cell(c.old), _cell(c.new), _delta(c)] for c in moved]
+        header = ["file", "metric", "base", "this change", "delta"]
+        lines += _details(f"Other metrics that moved ({len(moved)})", _table(header, rows))
+    old_rows, new_rows = per_class
+    if new_rows:
+        before = {row["class"]: row for row in old_rows}
+        rows = [
+            [row["class"], _cell(_number(before.get(row["class"], {}).get("f1"))),
+             _cell(_number(row["f1"])), _cell(_number(row["precision"])),
+             _cell(_number(row["recall"])), row["support"]]
+            for row in new_rows
+        ]  # fmt: skip
+        lines += _details(f"Per-class scores ({len(new_rows)} classes)",
+                          _table(["class", "F1 base", "F1", "precision", "recall", "support"],
+                                 rows))  # fmt: skip
+    drift = [c for c in metrics if c.file == DRIFT_SUMMARY and c.old != c.new]
+    if drift:
+        rows = [[c.key, _cell(c.old), _cell(c.new), _delta(c)] for c in drift]
+        lines += _details("Drift baseline (predicted shares and image statistics)",
+                          _table(["key", "base", "this change", "delta"], rows))  # fmt: skip
     if plots:
         lines += ["", "### Plots", ""]
         lines += [f"![{name}]({path.relative_to(relative_to).as_posix()})" for name, path in plots]
+    if withheld:
+        lines += [
+            "",
+            f"Image plots of test data not included (privacy): {', '.join(withheld)}. "
+            "`dvc plots diff` shows them locally; `--data-images` puts them in the report.",
+        ]
     return "\n".join(lines) + "\n"
 
 
-def write_report(repo: Path, base: str, out: Path) -> Path:
-    """Write ``out/report.md`` and ``out/plots/*.png``; return the markdown file's path."""
+def _number(value: str | None) -> float | None:
+    return None if value in (None, "") else float(value)
+
+
+def write_report(
+    repo: Path, base: str, out: Path, *, data_images: bool = False, threshold: float = 0.005
+) -> Path:
+    """Write ``out/report.md`` and ``out/plots/*.png``; return the markdown file's path.
+
+    Data-derived images (the misclassified and Grad-CAM grids) are left out unless
+    ``data_images``: a report posted to a pull request may be uploaded to a public host.
+    """
+    plots, withheld = render_plots(repo, base, out / "plots", data_images=data_images)
     text = markdown(
-        base,
-        metric_changes(repo, base),
-        param_changes(repo, base),
-        render_plots(repo, base, out / "plots"),
-        relative_to=out,
-    )
+        base, metric_changes(repo, base), param_changes(repo, base), plots,
+        relative_to=out, per_class=per_class_rows(repo, base), withheld=withheld,
+        threshold=threshold,
+    )  # fmt: skip
     target = out / "report.md"
     with atomic_path(target) as temporary:
         temporary.write_text(text, encoding="utf-8")
