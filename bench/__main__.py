@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="training images, default model (the pipeline's split)")  # fmt: skip
     sub.add_argument("--resnet-images", type=int, default=128, help="training images, resnet18")
     sub.add_argument("--resnet-batch-size", type=int, default=32, help="batch size, resnet18")
-    sub.add_argument("--epochs", type=int, default=1, help="epochs of each loop per round")
+    sub.add_argument("--epochs", type=int, default=2, help="epochs of each loop per round")
     sub.add_argument("--rounds", type=int, default=7,
                      help="interleaved rounds of bare loop and stage; median")  # fmt: skip
     sub.add_argument("--only", action="append",

@@ -175,7 +175,10 @@ def train_classifier(
         if metric_logger is not None:
             log_epoch(metric_logger, record)
         if _is_better(record, progress.history):
-            progress.best_state = copy.deepcopy(trainer.evaluated.state_dict())
+            progress.best_state = {
+                name: tensor.detach().clone()
+                for name, tensor in trainer.evaluated.state_dict().items()
+            }
         if state_path is not None:
             save_state(state_path, key, progress, trainer.resumable(), processes)
         stale = epoch - _best_epoch(progress.history)

@@ -77,5 +77,5 @@ def build_optimizer(
     leaves out parameters that do not require gradients."""
     return create_optimizer_v2(
         module, opt=name, lr=lr, weight_decay=weight_decay, momentum=0.9,
-        layer_decay=layer_decay or None,
+        layer_decay=layer_decay or None, foreach=True,  # torch only defaults to it on CUDA
     )  # fmt: skip
