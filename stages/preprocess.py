@@ -4,6 +4,7 @@ and write a data report listing counts per class and split and every skipped fil
 import argparse
 import logging
 from pathlib import Path
+from typing import Any
 
 from imgpipe.io import write_json
 from imgpipe.params import load_params
@@ -28,8 +29,9 @@ def main() -> None:
     args = parser.parse_args()
 
     p = load_params().preprocess
-    classes, found = list_samples(args.raw)
-    splits = assign_splits(found, p.val_fraction, p.test_fraction, p.split_seed)
+    grouped = p.group_pattern is not None
+    classes, found = list_samples(args.raw, p.group_pattern)
+    splits = assign_splits(found, p.val_fraction, p.test_fraction, p.split_seed, grouped=grouped)
     outcomes = {
         split: write_split(
             args.raw,
@@ -42,14 +44,28 @@ def main() -> None:
         )
         for split in SPLITS
     }
-    report = data_report(classes, splits, outcomes)
+    report = data_report(classes, splits, outcomes, grouped=grouped)
     write_json(args.report, report)
-    log.info("images per split %s; %d skipped", report["totals"], report["skipped_count"])
+    log.info("images per split %s (shares %s); %d skipped", report["totals"],
+             report["split_fractions"], report["skipped_count"])  # fmt: skip
+    if grouped:
+        warn_about_groups(report["groups"], args.report)
     if report["empty_classes"]:
         log.warning("classes without a single usable image: %s", report["empty_classes"])
     if report["duplicate_groups"]:
         log.warning("%d images appear in more than one class or split; see %s",
                     report["duplicate_groups"], args.report)  # fmt: skip
+
+
+def warn_about_groups(groups: dict[str, Any], report: Path) -> None:
+    log.info("groups per split %s", groups["per_split"])
+    for key, what in (
+        ("unmatched_count", "paths the group pattern does not match (each its own group)"),
+        ("spanning_classes_count", "groups with images in more than one class"),
+        ("in_several_splits_count", "groups in more than one split (a pre-split source)"),
+    ):
+        if groups[key]:
+            log.warning("%d %s; see %s", groups[key], what, report)
 
 
 if __name__ == "__main__":

@@ -135,3 +135,17 @@ def test_empty_class_is_reported(image_folder: Path, tmp_path: Path) -> None:
     assert data_report(classes, {"train": found[None]}, {"train": outcome})["empty_classes"] == [
         "ghost"
     ]
+
+
+def test_an_empty_class_folder_is_copied_and_named_in_the_report(tmp_path: Path) -> None:
+    from imgpipe.data import fetch
+
+    source = write_image_folder(tmp_path / "source")
+    (source / "unlabelled_yet").mkdir()  # a class folder nobody filled
+    fetch(str(source), tmp_path / "raw")
+    classes, found = list_samples(tmp_path / "raw")
+    assert classes == ["left", "right", "unlabelled_yet"]
+    outcome = write_split(tmp_path / "raw", found[None], classes, tmp_path / "t", image_size=8,
+                          channels=1)  # fmt: skip
+    report = data_report(classes, {"train": found[None]}, {"train": outcome})
+    assert report["empty_classes"] == ["unlabelled_yet"]

@@ -110,7 +110,10 @@ def copy_image_folder(source: Path, destination: Path) -> None:
             f"data.source: '{source}' is not a folder, and not a known source "
             f"(prefixes: {', '.join(SOURCES)})"
         )
-    files = [p for p in sorted(source.rglob("*")) if p.is_file() and not has_junk_part(p, source)]
+    entries = [p for p in sorted(source.rglob("*")) if not has_junk_part(p, source)]
+    for folder in (p for p in entries if p.is_dir()):  # an empty class folder is reported later
+        (destination / folder.relative_to(source)).mkdir(parents=True, exist_ok=True)
+    files = [p for p in entries if p.is_file()]
     for path in tqdm(files, desc=f"copy {source.name}", unit="file"):
         target = destination / path.relative_to(source)
         target.parent.mkdir(parents=True, exist_ok=True)

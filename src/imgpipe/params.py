@@ -7,11 +7,12 @@ value stops the pipeline with a message that names the key instead of failing ha
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from imgpipe.config import FrozenSettings, TrainConfig
 from imgpipe.errors import ImgpipeError
@@ -35,7 +36,21 @@ class PreprocessParams(FrozenSettings):
     val_fraction: float = Field(gt=0, lt=1)
     test_fraction: float = Field(gt=0, lt=1)
     split_seed: int = Field(ge=0)
+    group_pattern: str | None = None
     workers: int = Field(ge=0)
+
+    @field_validator("group_pattern")
+    @classmethod
+    def _pattern_captures_a_group(cls, pattern: str | None) -> str | None:
+        if pattern is None:
+            return None
+        try:
+            compiled = re.compile(pattern)
+        except re.error as error:
+            raise ValueError(f"not a regular expression: {error}") from None
+        if compiled.groups < 1:
+            raise ValueError("needs a capture group, e.g. '(\\d+)_' for 123_left.png")
+        return pattern
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> PreprocessParams:

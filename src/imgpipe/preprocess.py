@@ -11,6 +11,7 @@ import hashlib
 import logging
 import multiprocessing
 import os
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
 from imgpipe.errors import ImgpipeError
+from imgpipe.grouping import group_id, group_report, grouped_split
 from imgpipe.images import ImageDecodeError, decode_image
 from imgpipe.io import atomic_path
 from imgpipe.layout import has_junk_part, is_junk, split_folders
@@ -39,16 +41,27 @@ class PreprocessError(ImgpipeError):
 class Sample:
     path: Path  # relative to the raw root, for reports
     label: int
+    group_found: str | None = None  # what preprocess.group_pattern captured; None: no match
+
+    @property
+    def group(self) -> str:
+        """The group the image is split with: the pattern's capture, else the image alone."""
+        return self.group_found if self.group_found is not None else self.path.as_posix()
 
 
-def list_samples(root: Path) -> tuple[list[str], dict[str | None, list[Sample]]]:
-    """Class names (sorted folder names) and the samples of each pre-made split.
+def list_samples(
+    root: Path, group_pattern: str | None = None
+) -> tuple[list[str], dict[str | None, list[Sample]]]:
+    """Class names (sorted folder names) and the samples of each pre-made split, each with the
+    group ``group_pattern`` finds in its path below its class folder (see
+    :mod:`imgpipe.grouping`).
 
     Returns:
         ``(classes, samples)`` where ``samples`` maps ``"train"``/``"val"``/``"test"`` to their
         samples for a pre-split tree, or ``None`` to all samples for an unsplit one. Files in
         nested folders under a class belong to that class.
     """
+    pattern = re.compile(group_pattern) if group_pattern else None
     pre_split = split_folders(root)
     split_roots: dict[str | None, Path] = (
         {name: path for name, path in pre_split.items()} if pre_split else {None: root}
@@ -67,7 +80,11 @@ def list_samples(root: Path) -> tuple[list[str], dict[str | None, list[Sample]]]
     samples: dict[str | None, list[Sample]] = {}
     for split, split_root in split_roots.items():
         samples[split] = [
-            Sample(path.relative_to(root), index[class_dir.name])
+            Sample(
+                path.relative_to(root),
+                index[class_dir.name],
+                group_id(path.relative_to(class_dir).as_posix(), pattern),
+            )
             for class_dir in sorted(split_root.iterdir())
             if class_dir.is_dir() and not is_junk(class_dir.name)
             for path in sorted(class_dir.rglob("*"))
@@ -81,19 +98,23 @@ def assign_splits(
     val_fraction: float,
     test_fraction: float,
     seed: int,
+    *,
+    grouped: bool = False,
 ) -> dict[str, list[Sample]]:
-    """Keep a source's own splits; split the rest stratified by class with ``seed``.
+    """Keep a source's own splits; split the rest stratified by class with ``seed`` (whole
+    groups at a time when ``grouped``).
 
     A pre-split source without a validation split gets one carved from its training split.
     """
+    carve = _grouped if grouped else _stratified
     if None in samples:
-        rest, test = _stratified(samples[None], test_fraction, seed, "test")
-        train, val = _stratified(rest, val_fraction / (1 - test_fraction), seed, "val")
+        rest, test = carve(samples[None], test_fraction, seed, "test")
+        train, val = carve(rest, val_fraction / (1 - test_fraction), seed, "val")
         return {"train": train, "val": val, "test": test}
     train = samples.get("train", [])
     val = samples.get("val") or []
     if not val:
-        train, val = _stratified(train, val_fraction, seed, "val")
+        train, val = carve(train, val_fraction, seed, "val")
     test = samples.get("test") or []
     if not test:
         raise PreprocessError("the source is pre-split but has no test/ folder")
@@ -113,6 +134,16 @@ def _stratified(
             f"cannot carve a stratified {name} split of {fraction:.0%} from {len(samples)} "
             f"images ({dict(Counter(labels))} per class index): {exc}"
         ) from None
+    return sorted(kept, key=_order), sorted(taken, key=_order)
+
+
+def _grouped(
+    samples: list[Sample], fraction: float, seed: int, name: str
+) -> tuple[list[Sample], list[Sample]]:
+    try:
+        kept, taken = grouped_split(samples, fraction, seed, name)
+    except ImgpipeError as error:
+        raise PreprocessError(str(error)) from None
     return sorted(kept, key=_order), sorted(taken, key=_order)
 
 
@@ -248,9 +279,13 @@ def data_report(
     classes: list[str],
     splits: dict[str, list[Sample]],
     outcomes: dict[str, SplitOutcome],
+    *,
+    grouped: bool = False,
 ) -> dict[str, Any]:
-    """Counts per class and split (after skipping), every skipped file with its reason, empty
-    classes, and identical images found in more than one class or split."""
+    """Counts per class and split (after skipping), the share of images in each split, every
+    skipped file with its reason, empty classes, identical images found in more than one class
+    or split, and (``grouped``) the groups per split and class, groups found in several
+    classes or splits, and the paths the group pattern did not match."""
     counts: dict[str, dict[str, int]] = {}
     for split, samples in splits.items():
         kept = set(outcomes[split].digests)
@@ -263,13 +298,22 @@ def data_report(
         for entry in outcome.skipped
     ]
     leaks = find_leaks(outcomes, splits, classes)
-    return {
+    totals = {split: sum(c.values()) for split, c in counts.items()}
+    report: dict[str, Any] = {
         "classes": classes,
         "counts": counts,
-        "totals": {split: sum(c.values()) for split, c in counts.items()},
+        "totals": totals,
+        "split_fractions": {
+            split: round(total / max(1, sum(totals.values())), 4) for split, total in totals.items()
+        },
         "empty_classes": empty,
         "skipped": sorted(skipped, key=lambda entry: entry["file"]),
         "skipped_count": len(skipped),
         "duplicates_across_classes_or_splits": leaks,
         "duplicate_groups": len(leaks),
     }
+    if grouped:
+        unmatched = [s.path.as_posix() for part in splits.values() for s in part
+                     if s.group_found is None]  # fmt: skip
+        report["groups"] = group_report(splits, classes, unmatched)
+    return report
