@@ -118,6 +118,25 @@ def bench_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench_predict(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from bench.bench import bench_predict as run
+    from bench.bench import export_random_model
+    from imgpipe.io import write_json
+
+    with tempfile.TemporaryDirectory(prefix="imgpipe-bench-predict-") as scratch:
+        model = args.model
+        if args.architecture:
+            model = export_random_model(Path(scratch) / "model.onnx", args.architecture,
+                                        args.image_size, 3)  # fmt: skip
+        results = run(model, Path(scratch) / "images", count=args.images)
+    print(json.dumps(results, indent=2))
+    if args.output:
+        write_json(args.output, results)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench", description="imgpipe benchmarks printing ratios from one run"
@@ -169,6 +188,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--batch-size", type=int, default=32, help="images per step")
     sub.add_argument("--output", type=Path, help="also write the figures to this JSON file")
     sub.set_defaults(handler=bench_finetune)
+
+    sub = benches.add_parser(
+        "predict",
+        help="imgpipe predict (decode, batches, CSV) over onnxruntime alone on the same images",
+    )
+    sub.add_argument("--model", type=Path, default=DEFAULT_ONNX, help="ONNX file")
+    sub.add_argument("--architecture", help="a randomly initialised timm model instead")
+    sub.add_argument("--image-size", type=int, default=224, help="input side, --architecture")
+    sub.add_argument("--images", type=int, default=2000, help="PNG files to classify")
+    sub.add_argument("--output", type=Path, help="also write the figures to this JSON file")
+    sub.set_defaults(handler=bench_predict)
 
     sub = benches.add_parser(
         "serve",

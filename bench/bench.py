@@ -432,3 +432,34 @@ def bench_finetune(config: TrainConfig, *, image_size: int, images: int) -> dict
     results["full_seconds_per_epoch"] = round(full_epoch, 4)
     results["speedup_per_epoch"] = round(full_epoch / max(head_epoch, 1e-6), 1)
     return results
+
+
+def bench_predict(model: Path, folder: Path, *, count: int) -> dict[str, Any]:
+    """``imgpipe predict`` on ``count`` PNGs (written once into ``folder``) into a CSV, against
+    onnxruntime alone on the same images already decoded, in batches of the same size."""
+    from imgpipe.classify import DecodePolicy
+    from imgpipe.predictions import BATCH, find_inputs, predict_files, write_predictions
+    from imgpipe.runtime import OnnxClassifier
+
+    classifier = OnnxClassifier(model)
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    shape = (classifier.image_size, classifier.image_size, classifier.channels)
+    for index in range(count - len(list(folder.glob("*.png")))):
+        (folder / f"{index:06d}.png").write_bytes(_png(rng.integers(0, 256, shape, np.uint8)))
+    files = find_inputs([folder])[:count]
+    decoded = np.stack([DecodePolicy().decode(f, classifier) for f in files])
+    started = time.perf_counter()
+    classifier.run(decoded, BATCH)
+    bare = len(files) / (time.perf_counter() - started)
+    started = time.perf_counter()
+    predictions = predict_files(classifier, files, policy=DecodePolicy(), top_k=3)
+    write_predictions(predictions, folder.parent / "predictions.csv", top_k=3, embedding_dims=0,
+                      stream=sys.stdout)  # fmt: skip
+    served = len(files) / (time.perf_counter() - started)
+    return {
+        "model": str(model), "images": len(files), "input": list(shape),
+        "onnxruntime_images_per_second": round(bare, 1),
+        "predict_images_per_second": round(served, 1),
+        "ratio": round(served / bare, 3),
+    }  # fmt: skip

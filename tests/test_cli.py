@@ -8,12 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from imgpipe.cli import main
-from imgpipe.export import export_onnx
-from imgpipe.model import Classifier, ModelMeta
-from tests.conftest import REPO_ROOT, pattern_images
+from tests.conftest import REPO_ROOT
 
 ERROR_LINE = re.compile(r"^\d\d:\d\d:\d\d ERROR imgpipe: (.*)$")
 
@@ -64,31 +61,6 @@ def test_info_prints_the_embedded_metadata(
     assert main(["info", str(tiny_onnx)]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["classes"] == ["left", "right"] and shown["checkpoint_sha256"] == "c0ffee"
-
-
-def test_predict_classifies_files_and_reports_bad_ones(
-    tiny_model: tuple[Classifier, ModelMeta], tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    model, meta = tiny_model
-    export_onnx(model, meta, tmp_path / "model.onnx", opset=18, provenance={})
-    Image.fromarray(pattern_images(1, 0)[0, :, :, 0]).resize((64, 64)).save(tmp_path / "a.jpg")
-    (tmp_path / "b.png").write_text("nope")
-    code = main(
-        [
-            "predict",
-            "--model",
-            str(tmp_path / "model.onnx"),
-            "--top-k",
-            "2",
-            str(tmp_path / "a.jpg"),
-            str(tmp_path / "b.png"),
-        ]
-    )
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert code == 1
-    assert [c["class"] for c in lines[0]["top"]] in (["left", "right"], ["right", "left"])
-    assert abs(sum(c["probability"] for c in lines[0]["top"]) - 1) < 1e-5
-    assert "not an image" in lines[1]["error"]
 
 
 STAGES = sorted(p.name for p in (REPO_ROOT / "stages").glob("*.py"))

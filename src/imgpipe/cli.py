@@ -51,29 +51,29 @@ def info(args: argparse.Namespace) -> int:
 
 
 def predict(args: argparse.Namespace) -> int:
-    """Classify image files with the exported model; one JSON line per image. Files are decoded
-    under the service's policy (formats, pixel limit)."""
-    from imgpipe.classify import DecodePolicy, top_classes
-    from imgpipe.images import ImageDecodeError
+    """Classify files and folders (recursively) with the exported model, in batches, decoded
+    under the service's policy (formats, pixel limit): JSON lines on stdout, or a table with
+    ``--output``. Exit 1 when some file could not be classified (its row says why)."""
+    from tqdm import tqdm
+
+    from imgpipe.classify import DecodePolicy
+    from imgpipe.predictions import find_inputs, predict_files, write_predictions
     from imgpipe.runtime import OnnxClassifier
 
     classifier = OnnxClassifier(_given(args.model, "--model"))
-    policy = DecodePolicy(max_pixels=args.max_pixels)
-    failed = 0
-    for path in args.images:
-        try:
-            pixels = policy.decode(Path(path), classifier)
-        except (ImageDecodeError, OSError) as error:
-            print(json.dumps({"file": str(path), "error": str(error)}))
-            failed += 1
-            continue
-        probabilities, _ = classifier.run(pixels[None])
-        top = [
-            {"class": name, "probability": round(probability, 6)}
-            for name, probability in top_classes(probabilities[0], classifier.classes, args.top_k)
-        ]
-        print(json.dumps({"file": str(path), "top": top}))
-    return 1 if failed else 0
+    files = find_inputs([Path(p) for p in args.inputs])
+    predictions = predict_files(
+        classifier, files, policy=DecodePolicy(max_pixels=args.max_pixels), top_k=args.top_k,
+        embeddings=args.embeddings,
+    )  # fmt: skip
+    shown = tqdm(predictions, total=len(files), desc="predict", unit="img", disable=None)
+    rows, errors = write_predictions(
+        shown, args.output, top_k=args.top_k,
+        embedding_dims=classifier.embedding_dims if args.embeddings else 0, stream=sys.stdout,
+    )  # fmt: skip
+    log.info("%d files classified, %d could not be%s", rows - errors, errors,
+             f"; {args.output}" if args.output else "")  # fmt: skip
+    return 1 if errors else 0
 
 
 def drift(args: argparse.Namespace) -> int:
@@ -159,8 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("model", type=Path, nargs="?", default=onnx, help=model_help)
     sub.set_defaults(handler=info)
 
-    sub = commands.add_parser("predict", help="classify image files with the exported model")
-    sub.add_argument("images", nargs="+", help="image files (any format Pillow reads)")
+    sub = commands.add_parser(
+        "predict", help="classify image files and folders with the exported model, in batches"
+    )
+    sub.add_argument("inputs", nargs="+", help="image files, or folders (searched recursively)")
+    sub.add_argument("--output", type=Path,
+                     help="a .csv, .parquet or .jsonl table (default: stdout)")  # fmt: skip
+    sub.add_argument("--embeddings", action="store_true",
+                     help="add the penultimate-layer embedding (emb_* columns)")  # fmt: skip
     sub.add_argument("--model", type=Path, default=onnx, help=model_help)
     sub.add_argument("--top-k", type=int, default=TOP_K, help="classes to print per image")
     sub.add_argument("--max-pixels", type=int, default=MAX_PIXELS,

@@ -63,6 +63,8 @@ class OnnxClassifier:
         self.classes: list[str] = list(self.meta["classes"])
         self.image_size = int(self.meta["image_size"])
         self.channels = int(self.meta["channels"])
+        # The embedding's width is static in the graph (only the batch axis is dynamic).
+        self.embedding_dims = int(self.session.get_outputs()[1].shape[-1])
 
     def run(self, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
         """Softmax probabilities and embeddings for ``N x H x W x C`` uint8 images."""
