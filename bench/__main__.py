@@ -57,15 +57,48 @@ def bench_serve(args: argparse.Namespace) -> int:
             model = export_random_model(
                 Path(scratch) / "model.onnx", args.architecture, args.image_size, args.channels
             )
-        results = run(
-            model, concurrency=args.concurrency, requests=args.requests,
-            max_batch=args.max_batch, batch_window_ms=args.batch_window_ms,
-            threads=args.threads, log_dir=Path(scratch),
-        )  # fmt: skip
+        models = {"fp32": model}
+        if args.int8:  # the same model quantised as the export stage does, served alike
+            models["int8"] = quantized_copy(model, Path(scratch) / "int8.onnx")
+        results = {
+            name: run(
+                path,
+                concurrency=args.concurrency,
+                requests=args.requests,
+                max_batch=args.max_batch,
+                batch_window_ms=args.batch_window_ms,
+                threads=args.threads,
+                log_dir=Path(scratch),
+            )
+            for name, path in models.items()
+        }
+    if args.int8:
+        fp32, int8 = results["fp32"], results["int8"]
+        results["int8_over_fp32"] = {
+            "onnxruntime_batch": round(int8["onnxruntime_batch"]["images_per_second"]
+                                       / fp32["onnxruntime_batch"]["images_per_second"], 2),
+            "served_at_highest_concurrency": round(int8["levels"][-1]["requests_per_second"]
+                                                   / fp32["levels"][-1]["requests_per_second"], 2),
+        }  # fmt: skip
+    else:
+        results = results["fp32"]
     print(json.dumps(results, indent=2))
     if args.output:
         write_json(args.output, results)
     return 0
+
+
+def quantized_copy(model: Path, destination: Path) -> Path:
+    """``model`` in int8, calibrated on 256 random images of its input size."""
+    import numpy as np
+
+    from imgpipe.quantize import quantize_int8
+    from imgpipe.runtime import OnnxClassifier
+
+    classifier = OnnxClassifier(model)
+    shape = (256, classifier.image_size, classifier.image_size, classifier.channels)
+    quantize_int8(model, destination, np.random.default_rng(0).integers(0, 256, shape, np.uint8))
+    return destination
 
 
 STRONG_RECIPE = {"augment": {"policy": "randaugment"}, "mixup": 0.2}  # the photo recipe's
@@ -218,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="service batch limit, and the onnxruntime baseline's batch")  # fmt: skip
     sub.add_argument("--batch-window-ms", type=float, default=2.0, help="service batching window")
     sub.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: all cores)")
+    sub.add_argument("--int8", action="store_true",
+                     help="also serve the model quantised to int8, in the same run")  # fmt: skip
     sub.add_argument("--output", type=Path, help="also write the figures to this JSON file")
     sub.set_defaults(handler=bench_serve)
     return parser

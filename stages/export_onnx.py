@@ -1,16 +1,22 @@
 """Stage export-onnx: write the trained model as one ONNX file (dynamic batch, metadata
-embedded) and fail unless onnxruntime reproduces torch's outputs within export.tolerance."""
+embedded) and fail unless onnxruntime reproduces torch's outputs within export.tolerance; with
+export.int8, also a static int8 model, calibrated on training images, that must keep its
+validation accuracy within export.int8_max_drop of the fp32 model's."""
 
 import argparse
 import logging
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from imgpipe.export import check_parity, export_onnx
 from imgpipe.io import atomic_path, file_sha256, write_json
 from imgpipe.model import load_checkpoint
 from imgpipe.params import load_params
+from imgpipe.quantize import check_gate, compare_int8, quantize_int8, summary
 from imgpipe.runner import run_stage
-from imgpipe.splits import load_split
+from imgpipe.splits import SplitArrays, load_split
 
 log = logging.getLogger("imgpipe.stages.export_onnx")
 
@@ -22,19 +28,25 @@ def main() -> None:
     parser.add_argument("--model", type=Path, required=True, help="checkpoint from train")
     parser.add_argument("--val", type=Path, required=True, help="split whose images check parity")
     parser.add_argument("--out", type=Path, required=True, help="ONNX file to write")
+    parser.add_argument("--train", type=Path, required=True, help="split to calibrate int8 on")
+    parser.add_argument("--int8", type=Path, required=True,
+                        help="folder of the int8 model.onnx (empty: export.int8 off)")  # fmt: skip
     parser.add_argument("--metrics", type=Path, required=True, help="export metrics JSON")
     args = parser.parse_args()
 
     p = load_params().export
     model, meta = load_checkpoint(args.model)
-    images = load_split(args.val).images[:PARITY_IMAGES]
+    val = load_split(args.val)
+    images = val.images[:PARITY_IMAGES]
     # Parity is checked on the temporary file: a model that fails it never lands at --out.
     with atomic_path(args.out) as temporary:
         export_onnx(model, meta, temporary, p.opset, {"checkpoint_sha256": file_sha256(args.model)})
         parity = check_parity(temporary, model, images, p.tolerance)
+    int8 = export_int8(args, p.int8, p.calibration_images, p.int8_max_drop, val)
     write_json(
         args.metrics,
-        {
+        int8
+        | {
             "opset": p.opset,
             "size_bytes": args.out.stat().st_size,
             "tolerance": p.tolerance,
@@ -49,6 +61,30 @@ def main() -> None:
     log.info("parity OK (max |diff| %.2g); latency per image: torch %.3f ms, onnxruntime %.3f ms",
              max(parity.max_abs_diff_logits, parity.max_abs_diff_embedding),
              parity.torch_ms_per_image, parity.onnxruntime_ms_per_image)  # fmt: skip
+
+
+def export_int8(
+    args: argparse.Namespace,
+    enabled: bool,
+    calibration_images: int,
+    max_drop: float,
+    val: SplitArrays,
+) -> dict[str, Any]:
+    """The int8 model in --int8 (emptied when off), gated on validation accuracy."""
+    with atomic_path(args.int8) as folder:
+        folder.mkdir()
+        if not enabled:
+            return {"int8": False}
+        train = load_split(args.train).images
+        rows = np.random.default_rng(0).permutation(len(train))[:calibration_images]
+        quantize_int8(args.out, folder / "model.onnx", train[np.sort(rows)])
+        report = compare_int8(args.out, folder / "model.onnx", val.images, val.labels, len(rows))
+        check_gate(report, max_drop, args.int8 / "model.onnx")
+        size = (folder / "model.onnx").stat().st_size
+    log.info("int8: val accuracy %.4f (fp32 %.4f), agreement %.4f; %.3f ms vs %.3f ms per image",
+             report.int8_accuracy, report.fp32_accuracy, report.agreement,
+             report.int8_ms_per_image, report.fp32_ms_per_image)  # fmt: skip
+    return {"int8": True, "int8_size_bytes": size, **summary(report)}
 
 
 if __name__ == "__main__":

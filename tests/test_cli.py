@@ -84,7 +84,7 @@ def test_stage_scripts_explain_themselves(script: str, capsys: pytest.CaptureFix
     squeezed = "".join(shown.split())  # argparse re-wraps the text, at hyphens too
     assert shown.startswith("usage: ") and summary and "".join(summary.split()) in squeezed
     declared = re.findall(
-        r'add_argument\(\s*"(--[a-z-]+)"', (REPO_ROOT / "stages" / script).read_text()
+        r'add_argument\(\s*"(--[a-z0-9-]+)"', (REPO_ROOT / "stages" / script).read_text()
     )
     assert declared and all(f"{option} " in shown for option in declared)
 
@@ -99,7 +99,7 @@ def test_every_stage_refuses_bad_params_before_any_work(
     (tmp_path / "params.yaml").write_text(params)
     monkeypatch.chdir(tmp_path)
     options = re.findall(
-        r'add_argument\(\s*"(--[a-z-]+)"', (REPO_ROOT / "stages" / script).read_text()
+        r'add_argument\(\s*"(--[a-z0-9-]+)"', (REPO_ROOT / "stages" / script).read_text()
     )
     arguments = [part for option in options for part in (option, f"missing/{option[2:]}")]
     with pytest.raises(SystemExit) as done:

@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import numpy as np
@@ -54,34 +55,78 @@ def test_onnx_classifier_matches_torch(
     assert embeddings.shape[0] == 8
 
 
-def test_the_stage_keeps_a_model_that_fails_parity_away_from_its_output(
-    tiny_model: tuple[Classifier, ModelMeta],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """stages/export_onnx.py with a tolerance no export meets: exit 1 naming the tolerance,
-    and neither the ONNX file, nor a temporary one, nor the metrics are left behind."""
+@pytest.fixture
+def stage_folder(
+    tiny_model: tuple[Classifier, ModelMeta], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """A checkpoint, train and val splits and params.yaml, as the export stage finds them."""
     from imgpipe.model import save_checkpoint
     from imgpipe.splits import write_labels_and_meta
-    from tests.test_cli import run_stage_script
 
     model, meta = tiny_model
     save_checkpoint(tmp_path / "model.pt", model, meta)
-    val = make_split(4)
-    (tmp_path / "val").mkdir()
-    np.save(tmp_path / "val" / "images.npy", val.images)
-    write_labels_and_meta(tmp_path / "val", val.labels.tolist(), val.classes, val.files)
-    params = (
-        (REPO_ROOT / "params.yaml").read_text().replace("tolerance: 0.0001", "tolerance: 1e-30")
-    )
-    (tmp_path / "params.yaml").write_text(params)
-    monkeypatch.chdir(tmp_path)
+    for name, split in (("train", make_split(40, seed=1)), ("val", make_split(30, seed=2))):
+        (tmp_path / name).mkdir()
+        np.save(tmp_path / name / "images.npy", split.images)
+        write_labels_and_meta(tmp_path / name, split.labels.tolist(), split.classes, split.files)
+    (tmp_path / "params.yaml").write_text((REPO_ROOT / "params.yaml").read_text())
     (tmp_path / "out").mkdir()
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def run_export(*changes: tuple[str, str]) -> None:
+    from tests.test_cli import run_stage_script
+
+    params = Path("params.yaml")
+    for old, new in changes:
+        assert old in params.read_text()
+        params.write_text(params.read_text().replace(old, new))
+    run_stage_script("export_onnx.py", "--model", "model.pt", "--val", "val", "--train", "train",
+                     "--out", "out/model.onnx", "--int8", "out/int8",
+                     "--metrics", "out/export.json")  # fmt: skip
+
+
+def test_the_stage_keeps_a_model_that_fails_parity_away_from_its_output(
+    stage_folder: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A tolerance no export meets: exit 1 naming the tolerance, and neither the ONNX file,
+    nor a temporary one, nor the int8 model, nor the metrics are left behind."""
     with pytest.raises(SystemExit) as done:
-        run_stage_script("export_onnx.py", "--model", "model.pt", "--val", "val",
-                         "--out", "out/model.onnx", "--metrics", "out/export.json")  # fmt: skip
+        run_export(("tolerance: 0.0001", "tolerance: 1e-30"))
     assert done.value.code == 1
     [error] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert "onnxruntime differs from torch by" in error and "above export.tolerance 1e-30" in error
-    assert list((tmp_path / "out").iterdir()) == []
+    assert list((stage_folder / "out").iterdir()) == []
+
+
+def test_the_int8_model_carries_the_metadata_and_agrees_with_fp32(stage_folder: Path) -> None:
+    run_export()
+    int8, fp32 = stage_folder / "out/int8/model.onnx", stage_folder / "out/model.onnx"
+    meta = read_onnx_metadata(int8)
+    assert meta["quantization"]["activations"] == "uint8" and meta["classes"] == ["left", "right"]
+    assert {k: v for k, v in meta.items() if k != "quantization"} == read_onnx_metadata(fp32)
+    ops = {node.op_type for node in onnx.load(int8).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # QDQ
+    metrics = json.loads((stage_folder / "out/export.json").read_text())
+    assert metrics["int8"] is True and metrics["int8_calibration_images"] == 80
+    assert metrics["int8_top1_agreement"] >= 0.95
+    assert metrics["fp32_val_accuracy"] - metrics["int8_val_accuracy"] <= 0.005
+    images = make_split(10, seed=3).images
+    quantised, full = OnnxClassifier(int8).run(images)[0], OnnxClassifier(fp32).run(images)[0]
+    assert np.abs(quantised - full).max() < 0.1
+
+
+def test_int8_off_leaves_its_folder_empty(stage_folder: Path) -> None:
+    run_export(("int8: true", "int8: false"))
+    assert list((stage_folder / "out/int8").iterdir()) == []
+    assert json.loads((stage_folder / "out/export.json").read_text())["int8"] is False
+
+
+def test_the_gate_names_the_drop() -> None:
+    from imgpipe.quantize import Int8Report, QuantisationError, check_gate
+
+    report = Int8Report(0.99, 0.97, 0.97, 0.1, 0.05, 256)
+    check_gate(report, 0.03, Path("m.onnx"))
+    with pytest.raises(QuantisationError, match=r"int8 accuracy 0.9700 is 0.0200 below fp32"):
+        check_gate(report, 0.005, Path("m.onnx"))

@@ -598,3 +598,17 @@ def test_health_names_head_when_dvc_lock_records_this_very_model(
     assert model_commit(served) is None
     monkeypatch.setenv("IMGPIPE_MODEL_COMMIT", "abc1234")
     assert model_commit(served) == "abc1234"
+
+
+def test_bench_serve_compares_int8_with_fp32_in_one_run(onnx_model: Path, tmp_path: Path) -> None:
+    from bench.__main__ import main as bench_main
+
+    out = tmp_path / "bench.json"
+    arguments = ["--model", str(onnx_model), "--requests", "20", "--concurrency", "2", "--int8"]
+    assert bench_main(["serve", *arguments, "--output", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert results["fp32"]["levels"][0]["errors"] == 0 == results["int8"]["levels"][0]["errors"]
+    ratio = results["int8_over_fp32"]["onnxruntime_batch"]
+    expected = (results["int8"]["onnxruntime_batch"]["images_per_second"]
+                / results["fp32"]["onnxruntime_batch"]["images_per_second"])  # fmt: skip
+    assert ratio == pytest.approx(expected, abs=0.01)

@@ -70,6 +70,9 @@ class EvaluateParams(FrozenSettings):
 class ExportParams(FrozenSettings):
     opset: int = Field(ge=17, le=23)
     tolerance: float = Field(gt=0)
+    int8: bool
+    calibration_images: int = Field(ge=1)
+    int8_max_drop: float = Field(ge=0, le=1)
 
 
 class DriftBaselineParams(FrozenSettings):
