@@ -146,7 +146,15 @@ def test_metrics_and_plots_render(repo: Path) -> None:
     assert {"metrics/eval.json", "metrics/train/metrics.json", "metrics/export.json"} <= set(files)
     dvc(repo, "plots", "show", "-o", "plots-html")
     html = (repo / "plots-html" / "index.html").read_text()
-    assert "confusion.csv" in html and "val/accuracy.tsv" in html
+    for shown in (
+        "val/accuracy.tsv",
+        "per_class",
+        "Confusion matrix (counts)",
+        "Confusion matrix (share of each true class)",
+        "gradcam",
+        "misclassified",
+    ):
+        assert shown in html, shown
 
 
 def test_service_predictions_on_the_test_split_equal_evaluates(repo: Path) -> None:
