@@ -207,28 +207,15 @@ def misclassified_grid(
 ) -> Any:
     """A PIL image: the ``limit`` most confidently wrong test images, each captioned
     ``true -> predicted (confidence)``, most confident first (same order as the CSV)."""
-    from PIL import Image, ImageDraw
+    from PIL import Image
 
-    predicted = probabilities.argmax(1)
-    wrong = np.flatnonzero(predicted != labels)
-    confidence = probabilities[np.arange(len(labels)), predicted]
-    wrong = wrong[np.argsort(-confidence[wrong], kind="stable")][:limit]
-    columns = 6
-    caption = 14
-    rows = max(1, -(-len(wrong) // columns))
-    sheet = Image.new("RGB", (columns * tile, rows * (tile + caption)), "white")
-    draw = ImageDraw.Draw(sheet)
-    if not len(wrong):
-        draw.text((4, 4), "no misclassified images", fill="black")
-    for slot, i in enumerate(wrong):
+    pictures = []
+    for i in _worst_mistakes(labels, probabilities, limit):
         pixels = images[i]
         picture = Image.fromarray(pixels[:, :, 0] if pixels.shape[-1] == 1 else pixels)
-        picture = picture.convert("RGB").resize((tile - 4, tile - 4), Image.Resampling.NEAREST)
-        x, y = (slot % columns) * tile, (slot // columns) * (tile + caption)
-        sheet.paste(picture, (x + 2, y + 2))
-        text = f"{classes[labels[i]]}->{classes[predicted[i]]} {confidence[i]:.2f}"
-        draw.text((x + 2, y + tile), text[:16], fill="black")
-    return sheet
+        pictures.append(picture.convert("RGB"))
+    return _sheet(pictures, _captions(labels, probabilities, classes, limit), tile,
+                  "no misclassified images", Image.Resampling.NEAREST)  # fmt: skip
 
 
 def gradcam_grid(
@@ -250,36 +237,63 @@ def gradcam_grid(
     digits ``layer1``, since deeper maps are 1-4 cells wide. Networks without spatial stages
     (vision transformers' token sequences) get a sheet saying so.
     """
-    from PIL import Image, ImageDraw
+    from PIL import Image
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.image import show_cam_on_image
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+    wrong = _worst_mistakes(labels, probabilities, limit)
+    layer = _last_spatial_layer(model, images[:1])
+    if not len(wrong) or layer is None:
+        empty = "no misclassified images" if layer else "no spatial layer for Grad-CAM here"
+        return _sheet([], [], tile, empty, Image.Resampling.BILINEAR)
+    predicted = probabilities.argmax(1)
+    batch = torch.from_numpy(np.ascontiguousarray(images[wrong])).permute(0, 3, 1, 2).float()
+    with GradCAM(model=model.eval(), target_layers=[layer]) as cam:
+        maps = cam(input_tensor=batch,
+                   targets=[ClassifierOutputTarget(int(predicted[i])) for i in wrong])  # fmt: skip
+    pictures = []
+    for i, heat in zip(wrong, maps, strict=True):
+        pixels = images[i].astype(np.float32) / 255.0
+        rgb = np.repeat(pixels, 3, axis=-1) if pixels.shape[-1] == 1 else pixels
+        pictures.append(
+            Image.fromarray(show_cam_on_image(rgb, heat, use_rgb=True, image_weight=0.6))
+        )
+    return _sheet(pictures, _captions(labels, probabilities, classes, limit), tile, "",
+                  Image.Resampling.BILINEAR)  # fmt: skip
+
+
+def _worst_mistakes(labels: np.ndarray, probabilities: np.ndarray, limit: int) -> np.ndarray:
+    """Indices of the wrongly classified images, most confidently wrong first."""
     predicted = probabilities.argmax(1)
     confidence = probabilities[np.arange(len(labels)), predicted]
     wrong = np.flatnonzero(predicted != labels)
-    wrong = wrong[np.argsort(-confidence[wrong], kind="stable")][:limit]
+    return wrong[np.argsort(-confidence[wrong], kind="stable")][:limit]
+
+
+def _captions(
+    labels: np.ndarray, probabilities: np.ndarray, classes: list[str], limit: int
+) -> list[str]:
+    predicted = probabilities.argmax(1)
+    return [
+        f"{classes[labels[i]]}->{classes[predicted[i]]} {probabilities[i, predicted[i]]:.2f}"
+        for i in _worst_mistakes(labels, probabilities, limit)
+    ]
+
+
+def _sheet(pictures: list[Any], captions: list[str], tile: int, empty: str, resample: Any) -> Any:
+    """Six tiles a row, each picture resized to the tile with its caption below."""
+    from PIL import Image, ImageDraw
+
     columns, caption = 6, 14
-    sheet = Image.new("RGB", (columns * tile, max(1, -(-len(wrong) // columns)) * (tile + caption)),
-                      "white")  # fmt: skip
+    rows = max(1, -(-len(pictures) // columns))
+    sheet = Image.new("RGB", (columns * tile, rows * (tile + caption)), "white")
     draw = ImageDraw.Draw(sheet)
-    layer = _last_spatial_layer(model, images[:1])
-    if not len(wrong) or layer is None:
-        draw.text((4, 4), "no misclassified images" if layer else "no spatial layer for "
-                  "Grad-CAM in this architecture", fill="black")  # fmt: skip
-        return sheet
-    batch = torch.from_numpy(np.ascontiguousarray(images[wrong])).permute(0, 3, 1, 2).float()
-    with GradCAM(model=model.eval(), target_layers=[layer]) as cam:
-        maps = cam(input_tensor=batch, targets=[ClassifierOutputTarget(int(predicted[i]))
-                                                 for i in wrong])  # fmt: skip
-    for slot, (i, heat) in enumerate(zip(wrong, maps, strict=True)):
-        pixels = images[i].astype(np.float32) / 255.0
-        rgb = np.repeat(pixels, 3, axis=-1) if pixels.shape[-1] == 1 else pixels
-        overlay = Image.fromarray(show_cam_on_image(rgb, heat, use_rgb=True, image_weight=0.6))
-        overlay = overlay.resize((tile - 4, tile - 4), Image.Resampling.BILINEAR)
+    if not pictures:
+        draw.text((4, 4), empty, fill="black")
+    for slot, (picture, text) in enumerate(zip(pictures, captions, strict=True)):
         x, y = (slot % columns) * tile, (slot // columns) * (tile + caption)
-        sheet.paste(overlay, (x + 2, y + 2))
-        text = f"{classes[labels[i]]}->{classes[predicted[i]]} {confidence[i]:.2f}"
+        sheet.paste(picture.resize((tile - 4, tile - 4), resample), (x + 2, y + 2))
         draw.text((x + 2, y + tile), text[:16], fill="black")
     return sheet
 

@@ -93,37 +93,34 @@ def create_network(
         raise ImgpipeError(f"model: timm has no model named '{architecture}'{hint}")
     options: dict[str, Any] = {"drop_path_rate": drop_path} if drop_path else {}
     if isinstance(pretrained, bool):
-        try:
-            return timm.create_model(
-                architecture, pretrained=pretrained, num_classes=num_classes, in_chans=channels,
-                **options,
-            )  # fmt: skip
-        except TypeError as error:
-            if options and "drop_path_rate" in str(error):
-                raise ImgpipeError(
-                    f"drop_path: {architecture} has no stochastic depth; set drop_path: 0"
-                ) from None
-            raise
+        return _timm_model(architecture, options, pretrained=pretrained,
+                           num_classes=num_classes, in_chans=channels)  # fmt: skip
     weights = Path(pretrained)
     if not weights.is_file():
         raise ImgpipeError(f"pretrained: weights file {weights} not found")
     # timm drops the file's classifier only when its head size differs from the model's default,
     # so the head is sized by timm's default first and replaced afterwards.
     try:
-        net: Any = timm.create_model(
-            architecture, pretrained=True, in_chans=channels,
-            pretrained_cfg_overlay={"file": str(weights)}, **options,
+        net: Any = _timm_model(
+            architecture, options, pretrained=True, in_chans=channels,
+            pretrained_cfg_overlay={"file": str(weights)},
         )  # fmt: skip
+    except (RuntimeError, KeyError, ValueError) as error:
+        raise ImgpipeError(f"pretrained: {weights} does not fit {architecture}: {error}") from None
+    net.reset_classifier(num_classes)
+    return net  # type: ignore[no-any-return]
+
+
+def _timm_model(architecture: str, options: dict[str, Any], **arguments: Any) -> nn.Module:
+    """``timm.create_model``, naming drop_path when the architecture has no stochastic depth."""
+    try:
+        return timm.create_model(architecture, **arguments, **options)
     except TypeError as error:
         if options and "drop_path_rate" in str(error):
             raise ImgpipeError(
                 f"drop_path: {architecture} has no stochastic depth; set drop_path: 0"
             ) from None
         raise
-    except (RuntimeError, KeyError, ValueError) as error:
-        raise ImgpipeError(f"pretrained: {weights} does not fit {architecture}: {error}") from None
-    net.reset_classifier(num_classes)
-    return net  # type: ignore[no-any-return]
 
 
 def channel_statistics(images: Any, chunk: int = 4096) -> tuple[list[float], list[float]]:
