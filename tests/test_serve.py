@@ -612,3 +612,76 @@ def test_bench_serve_compares_int8_with_fp32_in_one_run(onnx_model: Path, tmp_pa
     expected = (results["int8"]["onnxruntime_batch"]["images_per_second"]
                 / results["fp32"]["onnxruntime_batch"]["images_per_second"])  # fmt: skip
     assert ratio == pytest.approx(expected, abs=0.01)
+
+
+def test_a_token_guards_predict_but_not_health(onnx_model: Path, test_split: SplitArrays) -> None:
+    config = ServeConfig(model=onnx_model, token="s3cret-token")
+    with TestClient(create_app(config)) as c:
+        files = uploads(test_split.images[:1])
+        missing = c.post("/predict", files=files)
+        assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+        assert missing.json()["detail"] == "missing or wrong bearer token"
+        wrong = c.post("/predict", files=files, headers={"Authorization": "Bearer s3cret-tokem"})
+        assert wrong.status_code == 401
+        right = c.post("/predict", files=files, headers={"Authorization": "Bearer s3cret-token"})
+        assert right.status_code == 200
+        assert c.get("/health").status_code == 200 and c.get("/metrics").status_code == 200
+        text = c.get("/metrics").text
+        assert metric_value(text, 'imgpipe_errors_total{reason="unauthorized"}') == 2
+        schema = c.get("/openapi.json").json()
+        assert "401" in schema["paths"]["/predict"]["post"]["responses"]
+        assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+        assert "400" in schema["paths"]["/predict"]["post"]["responses"]
+    guarded = ServeConfig(model=onnx_model, token="t", token_for_metrics=True)
+    with TestClient(create_app(guarded)) as c:
+        assert c.get("/metrics").status_code == 401
+        assert c.get("/metrics", headers={"Authorization": "Bearer t"}).status_code == 200
+
+
+def test_the_token_comes_from_a_file_or_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from imgpipe.cli import _access_token
+    from imgpipe.errors import ImgpipeError
+
+    monkeypatch.delenv("IMGPIPE_TOKEN", raising=False)
+    assert _access_token(None) is None
+    monkeypatch.setenv("IMGPIPE_TOKEN", "from-env")
+    assert _access_token(None) == "from-env"
+    (tmp_path / "token").write_text("from-file\n")
+    assert _access_token(tmp_path / "token") == "from-file"
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ImgpipeError, match="the file is empty"):
+        _access_token(tmp_path / "empty")
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None and not running_in_ci(),
+    reason="needs Debian's chromium (./run.sh test installs it when it can)",
+)
+def test_the_page_asks_for_the_token_once(
+    onnx_model: Path, test_split: SplitArrays, tmp_path: Path
+) -> None:
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM, "CI must have chromium for the upload-page test"
+    image = tmp_path / "digit.png"
+    image.write_bytes(png_bytes(test_split.images[0]))
+    asked: list[str] = []
+    with LiveServer(ServeConfig(model=onnx_model, token="page-token")) as server, \
+            sync_playwright() as playwright:  # fmt: skip
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--headless=new", "--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            page = browser.new_page()
+            page.on("dialog", lambda dialog: (asked.append(dialog.message),
+                                              dialog.accept("page-token")))  # fmt: skip
+            page.goto(server.url + "/")
+            for _ in range(2):  # the second upload reuses the token: no second question
+                page.set_input_files("#files", str(image))
+                page.click("#submit")
+                page.wait_for_selector(".result", timeout=15_000)
+            assert asked == ["This service needs an access token:"]
+        finally:
+            browser.close()

@@ -16,17 +16,22 @@ from imgpipe.serving.config import ServeConfig
 from tests.test_serve import LiveServer
 
 
-@pytest.fixture(scope="module")
-def live_url(tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@pytest.fixture(scope="module", params=[None, "schema-token"], ids=["open", "token"])
+def live(
+    request: pytest.FixtureRequest, tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, str | None]]:
     log = tmp_path_factory.mktemp("schema") / "requests.jsonl"
-    with LiveServer(ServeConfig(model=tiny_onnx, feature_log=log)) as server:
-        yield server.url
+    config = ServeConfig(model=tiny_onnx, feature_log=log, token=request.param)
+    with LiveServer(config) as server:
+        yield server.url, request.param
 
 
-def test_no_server_errors_and_responses_match_the_schema(live_url: str) -> None:
+def test_no_server_errors_and_responses_match_the_schema(live: tuple[str, str | None]) -> None:
+    url, token = live
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     # The operations are driven here rather than by schemathesis' pytest plugin, which this
     # pytest version breaks ('Function' object has no attribute '_nodeid').
-    schema = schemathesis.openapi.from_url(f"{live_url}/openapi.json")
+    schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
     assert {op.path for op in operations} >= {"/predict", "/health", "/metrics"}
     for operation in operations:
@@ -36,12 +41,15 @@ def test_no_server_errors_and_responses_match_the_schema(live_url: str) -> None:
         def check(case: schemathesis.Case) -> None:
             # Every check but positive_data_acceptance: the schema says "binary", and random
             # bytes are rightly refused as "not an image" (415).
-            case.call_and_validate(excluded_checks=[positive_data_acceptance])
+            case.call_and_validate(headers=headers, excluded_checks=[positive_data_acceptance])
 
         check()
 
     # The fuzzing reached the upload endpoint, and the service counted no 5xx either.
-    lines = httpx.get(f"{live_url}/metrics").text.splitlines()
+    lines = httpx.get(f"{url}/metrics").text.splitlines()
     requests = [line for line in lines if line.startswith("imgpipe_http_requests_total{")]
-    assert any('route="/predict"' in line for line in requests), "fuzzing never reached /predict"
+    predict = [line for line in requests if 'route="/predict"' in line]
+    assert predict, "fuzzing never reached /predict"
+    if token:  # the token was accepted: the service answered on the merits
+        assert any('status="401"' not in line for line in predict), predict
     assert not [line for line in requests if 'status="5' in line]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -123,6 +124,8 @@ def serve(args: argparse.Namespace) -> int:
 
     config = ServeConfig(
         model=_given(args.model, "--model"),
+        token=_access_token(args.token_file),
+        token_for_metrics=args.token_for_metrics,
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         max_images=args.max_images,
         max_pixels=args.max_pixels,
@@ -137,6 +140,20 @@ def serve(args: argparse.Namespace) -> int:
     uvicorn.run(create_app(config), host=args.host, port=args.port, log_level=args.log_level,
                 access_log=args.access_log)  # fmt: skip
     return 0
+
+
+def _access_token(token_file: Path | None) -> str | None:
+    """The service's bearer token: from a file, or the IMGPIPE_TOKEN environment variable
+    (never a command-line argument, which other users of the machine can read)."""
+    if token_file is not None:
+        try:
+            token = token_file.read_text(encoding="utf-8").strip()
+        except OSError as error:
+            raise ImgpipeError(f"--token-file {token_file}: {error.strerror}") from None
+        if not token:
+            raise ImgpipeError(f"--token-file {token_file}: the file is empty")
+        return token
+    return os.environ.get("IMGPIPE_TOKEN") or None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -251,6 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
                      default=served.feature_log_max_bytes / 2**20)  # fmt: skip
     sub.add_argument("--feature-log-backups", type=int, default=served.feature_log_backups,
                      help="rotated files kept")  # fmt: skip
+    sub.add_argument("--token-file", type=Path,
+                     help="require `Authorization: Bearer <token>` on /predict, the token read "
+                     "from this file (or set IMGPIPE_TOKEN); /health stays open")  # fmt: skip
+    sub.add_argument("--token-for-metrics", action="store_true",
+                     help="require the token on /metrics too")  # fmt: skip
     sub.add_argument("--log-level", default="info", help="uvicorn log level")
     sub.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True,
                      help="log one line per request")  # fmt: skip

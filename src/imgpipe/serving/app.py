@@ -14,18 +14,20 @@ blocks on the model and throughput under load approaches onnxruntime's batch thr
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import FastAPI, File, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Query, Request, UploadFile
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client import generate_latest as prometheus_text
 from pydantic import BaseModel, Field
@@ -86,10 +88,37 @@ class ErrorDetail(BaseModel):
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorDetail, "description": "the multipart body could not be parsed"},
     413: {"model": ErrorDetail, "description": "body, image count or pixel count over a limit"},
     415: {"model": ErrorDetail, "description": "a file is not an image in an accepted format"},
     422: {"model": ErrorDetail, "description": "a file could not be decoded, or bad parameters"},
 }
+
+
+UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorDetail, "description": "missing or wrong bearer token"}
+}
+
+
+def token_check(token: str | None) -> Callable[..., Awaitable[None]]:
+    """A dependency refusing requests without ``Authorization: Bearer <token>`` (compared in
+    constant time); with no token configured it lets everything through. It also puts the
+    bearer scheme in the OpenAPI schema."""
+    bearer = HTTPBearer(auto_error=False, description="set with --token-file or IMGPIPE_TOKEN")
+
+    # A default, not Annotated[...]: FastAPI resolves string annotations in module scope,
+    # where this function's `bearer` does not exist.
+    async def check(
+        credentials: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008
+    ) -> None:
+        if token is None:
+            return
+        given = credentials.credentials if credentials is not None else ""
+        if not secrets.compare_digest(given.encode(), token.encode()):
+            raise Refused(401, "unauthorized", "missing or wrong bearer token",
+                          headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+
+    return check
 
 
 def create_app(config: ServeConfig) -> FastAPI:
@@ -151,7 +180,11 @@ def create_app(config: ServeConfig) -> FastAPI:
         metrics.errors.labels(reason="invalid_request").inc()
         return await request_validation_exception_handler(request, error)
 
-    @app.post("/predict", response_model=PredictResponse, responses=ERROR_RESPONSES)
+    authorised = [Depends(token_check(config.token))] if config.token else []
+    protected = UNAUTHORIZED if config.token else {}
+
+    @app.post("/predict", response_model=PredictResponse, dependencies=authorised,
+              responses=ERROR_RESPONSES | protected)  # fmt: skip
     async def predict(
         request: Request,
         files: Annotated[
@@ -187,7 +220,11 @@ def create_app(config: ServeConfig) -> FastAPI:
         """Liveness and the identity of the model being served."""
         return Health(status="ok", version=__version__, model=identity)
 
-    @app.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+    metrics_guard = authorised if config.token_for_metrics else []
+
+    @app.get("/metrics", response_class=Response, dependencies=metrics_guard,
+             responses={200: {"content": {"text/plain": {}}},
+                        **(protected if metrics_guard else {})})  # fmt: skip
     async def prometheus_metrics() -> Response:
         """Prometheus exposition: requests, latency, errors, predicted classes, confidence."""
         return Response(prometheus_text(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -3,7 +3,7 @@ from here. Importable without FastAPI, so the CLI stays quick."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgpipe.classify import MAX_PIXELS
@@ -21,3 +21,5 @@ class ServeConfig:
     feature_log: Path | None = None  # JSON lines of per-image features; None = no log
     feature_log_max_bytes: int = 50 * 2**20  # rotate after this size ...
     feature_log_backups: int = 10  # ... keeping this many old files
+    token: str | None = field(default=None, repr=False)  # bearer token /predict requires
+    token_for_metrics: bool = False  # /metrics requires it too (/health never does)

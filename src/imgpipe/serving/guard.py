@@ -21,8 +21,10 @@ AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 class Refused(HTTPException):
     """A request refused for a reason worth its own error counter."""
 
-    def __init__(self, status: int, reason: str, detail: str) -> None:
-        super().__init__(status, detail)
+    def __init__(
+        self, status: int, reason: str, detail: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(status, detail, headers=headers)
         self.reason = reason
 
 
