@@ -19,14 +19,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-from imgpipe.errors import ImgpipeError
 from imgpipe.runtime import INPUT_NAME, METADATA_KEY, OnnxClassifier
 
 LATENCY_BATCH = 64  # images per call when timing both models
-
-
-class QuantisationError(ImgpipeError):
-    """The int8 model loses more accuracy than export.int8_max_drop allows."""
 
 
 @dataclass(frozen=True)
@@ -110,16 +105,19 @@ def compare_int8(
     )
 
 
-def check_gate(report: Int8Report, max_drop: float, path: Path) -> None:
-    """Raises :class:`QuantisationError` when int8 loses more than ``max_drop`` accuracy."""
+def rejection(report: Int8Report, max_drop: float, path: Path) -> str | None:
+    """Why the int8 model at ``path`` is refused (it loses more than ``max_drop`` validation
+    accuracy), or None when it passes."""
     drop = report.fp32_accuracy - report.int8_accuracy
-    if drop > max_drop:
-        raise QuantisationError(
-            f"{path}: int8 accuracy {report.int8_accuracy:.4f} is {drop:.4f} below fp32's "
-            f"{report.fp32_accuracy:.4f} on the validation split, more than "
-            f"export.int8_max_drop {max_drop:g}; the fp32 model is written, the int8 one is not "
-            "(raise export.calibration_images, or set export.int8: false)"
-        )
+    if drop <= max_drop:
+        return None
+    return (
+        f"{path}: int8 accuracy {report.int8_accuracy:.4f} is {drop:.4f} below fp32's "
+        f"{report.fp32_accuracy:.4f} on the validation split, more than export.int8_max_drop "
+        f"{max_drop:g}; the int8 model is not written and metrics/export.json says "
+        '"int8": "rejected" (serve models/model.onnx, raise export.calibration_images, or set '
+        "export.int8: false)"
+    )
 
 
 def summary(report: Int8Report) -> dict[str, Any]:
