@@ -16,6 +16,7 @@ from imgpipe.cli import main
 DVC_YAML = """\
 metrics:
   - metrics.json
+  - metrics/export.json
   - metrics/drift_baseline.json
 plots:
   - curve.tsv:
@@ -32,13 +33,16 @@ def git(repo: Path, *args: str) -> None:
     )  # fmt: skip
 
 
-def write_state(repo: Path, accuracy: float, f1: float, lr: float) -> None:
+def write_state(repo: Path, accuracy: float, f1: float, lr: float, int8: str = "written") -> None:
     metrics = {"accuracy": accuracy, "macro_f1": f1, "ece": 0.05 + (0.95 - accuracy),
                "best": {"val_loss": 1 - accuracy}}  # fmt: skip
     (repo / "metrics.json").write_text(json.dumps(metrics))
     (repo / "metrics").mkdir(exist_ok=True)
     (repo / "metrics/drift_baseline.json").write_text(
         json.dumps({"predicted_share": {"cat": accuracy / 2, "dog": 1 - accuracy / 2}})
+    )
+    (repo / "metrics/export.json").write_text(
+        json.dumps({"int8": int8, "fp32_val_accuracy": 0.99, "int8_val_accuracy": 0.97})
     )
     (repo / "metrics/eval").mkdir(exist_ok=True)
     (repo / "metrics/eval/per_class.csv").write_text(
@@ -108,3 +112,13 @@ def test_check_metrics_uses_the_tolerance(repo: Path, capsys: pytest.CaptureFixt
 
 def test_unknown_revision_is_a_clear_error(repo: Path) -> None:
     assert main(["check-metrics", "--against", "no-such-rev"]) == 2
+
+
+def test_a_refused_int8_model_is_said_under_the_headline(repo: Path) -> None:
+    main(["report", "--base", "HEAD", "--out", "kept"])
+    assert "int8 model rejected" not in (repo / "kept" / "report.md").read_text()
+    write_state(repo, accuracy=0.95, f1=0.70, lr=0.0001, int8="rejected")
+    assert main(["report", "--base", "HEAD", "--out", "refused"]) == 0
+    text = (repo / "refused" / "report.md").read_text()
+    line = "**int8 model rejected**: validation accuracy 0.97 against fp32's 0.99"
+    assert text.index("| ece") < text.index(line) < text.index("### Params")

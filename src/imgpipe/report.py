@@ -177,6 +177,7 @@ def markdown(
         lines += _table(["metric", "base", "this change", "delta", f"beyond {threshold:g}"], rows)
     else:
         lines.append("No headline metrics found.")
+    lines += _int8_refusal(metrics)
     lines += ["", "### Params", ""]
     if params:
         lines += _table(["param", "base", "this change"],
@@ -216,6 +217,20 @@ def markdown(
             "`dvc plots diff` shows them locally; `--data-images` puts them in the report.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _int8_refusal(metrics: list[Change]) -> list[str]:
+    """A line under the headline when export-onnx refused the int8 model (the stage does not
+    fail on it, so the report is where a reviewer learns of it)."""
+    now = {c.key: c.new for c in metrics if c.file.endswith("export.json")}
+    if now.get("int8") != "rejected":
+        return []
+    return [
+        "",
+        f"**int8 model rejected**: validation accuracy {_cell(now.get('int8_val_accuracy'))} "
+        f"against fp32's {_cell(now.get('fp32_val_accuracy'))}, more than "
+        "`export.int8_max_drop` allows; only the fp32 model was written.",
+    ]
 
 
 def _number(value: str | None) -> float | None:
