@@ -2,6 +2,7 @@
 same run (shared, noisy machines make absolute timings meaningless across runs):
 
     python -m bench preprocess     decoding throughput, all cores vs one; peak memory
+    python -m bench near-duplicates  the perceptual-hash search's cost against decoding
     python -m bench train          train stage vs a bare PyTorch loop
     python -m bench serve          imgpipe serve under load vs onnxruntime's batch rate
 
@@ -37,6 +38,24 @@ def bench_preprocess(args: argparse.Namespace) -> int:
         results = run(
             folder, Path(scratch) / "arrays",
             count=args.images, size=args.size, target=args.target, workers=args.workers,
+        )  # fmt: skip
+    print(json.dumps(results, indent=2))
+    if args.output:
+        write_json(args.output, results)
+    return 0
+
+
+def bench_near_duplicates(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from bench.bench import bench_near_duplicates as run
+    from imgpipe.io import write_json
+
+    with tempfile.TemporaryDirectory(prefix="imgpipe-bench-") as scratch:
+        folder = args.folder or Path(scratch) / "jpegs"
+        results = run(
+            folder, Path(scratch) / "arrays", count=args.images, size=args.size,
+            target=args.target, workers=args.workers, distance=args.distance,
         )  # fmt: skip
     print(json.dumps(results, indent=2))
     if args.output:
@@ -186,6 +205,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--folder", type=Path, help="reuse/keep the synthetic JPEGs here")
     sub.add_argument("--output", type=Path, help="also write the figures to this JSON file")
     sub.set_defaults(handler=bench_preprocess)
+
+    sub = benches.add_parser(
+        "near-duplicates",
+        help="perceptual hashing and the all-pairs search against preprocess's decoding",
+    )
+    sub.add_argument("--images", type=int, default=20_000, help="synthetic JPEGs to decode")
+    sub.add_argument("--size", type=int, default=256, help="side of the synthetic JPEGs")
+    sub.add_argument("--target", type=int, default=224, help="side to resize to")
+    sub.add_argument("--workers", type=int, default=0, help="decoding processes (0: all)")
+    sub.add_argument("--distance", type=int, default=24, help="largest distance in bits")
+    sub.add_argument("--folder", type=Path, help="reuse/keep the synthetic JPEGs here")
+    sub.add_argument("--output", type=Path, help="also write the figures to this JSON file")
+    sub.set_defaults(handler=bench_near_duplicates)
 
     sub = benches.add_parser(
         "train",

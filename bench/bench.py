@@ -123,6 +123,57 @@ def bench_preprocess(
     return results
 
 
+def bench_near_duplicates(
+    folder: Path, out: Path, *, count: int, size: int, target: int, workers: int, distance: int
+) -> dict[str, Any]:
+    """What the near-duplicate search costs: preprocess's decoding with the perceptual hash
+    against the same decoding without it, and the all-pairs search over the hashes against the
+    decoding time.
+
+    Args:
+        folder: where the synthetic JPEGs are (created when empty).
+        out: scratch folder for the arrays.
+        count, size, target, workers: as for :func:`bench_preprocess`.
+        distance: the search's ``preprocess.near_duplicate_distance``.
+    """
+    from unittest import mock
+
+    from imgpipe.near_duplicates import Place, near_duplicate_pairs
+
+    if not any(folder.glob("*/*.jpg")):
+        make_jpeg_folder(folder, count, size)
+    files = sorted(folder.glob("*/*.jpg"))[:count]
+    classes = sorted({f.parent.name for f in files})
+    samples = [Sample(f.relative_to(folder), classes.index(f.parent.name)) for f in files]
+    workers = worker_count(workers)
+    decode = partial(write_split, folder, samples, classes, image_size=target, channels=3,
+                     workers=workers)  # fmt: skip
+    # The workers are forked, so the patched hash reaches them too.
+    with mock.patch("imgpipe.preprocess.perceptual_hash", lambda pixels: "00" * 32):
+        bare, _ = timed(lambda: decode(out / "bare"))
+    started = time.perf_counter()
+    outcome = decode(out / "hashed")
+    hashed = time.perf_counter() - started
+    hashes = list(outcome.hashes.values())
+    # Alternate splits so that every pair is a candidate, as across train and test.
+    places = [Place(str(i % 3), 0, digest) for i, digest in enumerate(outcome.digests.values())]
+    started = time.perf_counter()
+    pairs = near_duplicate_pairs(hashes, places, distance)
+    search = time.perf_counter() - started
+    results: dict[str, Any] = {
+        "images": len(hashes), "target_size": target, "workers": workers,
+        "max_distance_bits": distance,
+        "decode_seconds": round(bare, 3),
+        "decode_and_hash_seconds": round(hashed, 3),
+        "hash_overhead": round(hashed / bare, 3),
+        "search_seconds": round(search, 3),
+        "search_over_decode": round(search / bare, 3),
+        "pairs_found": len(pairs),
+    }  # fmt: skip
+    log.info("%s", results)
+    return results
+
+
 def export_random_model(
     destination: Path, architecture: str, image_size: int, channels: int, classes: int = 10
 ) -> Path:

@@ -1,11 +1,14 @@
-"""Stage preprocess: split the raw tree, decode and resize every image into uint8 arrays,
-and write a data report listing counts per class and split and every skipped file."""
+"""Stage preprocess: cut video clips into frames, split the raw tree (a patient's or a clip's
+images together), decode and resize every image into uint8 arrays, and write a data report
+listing counts per class and split, every skipped file, and duplicates across splits."""
 
 import argparse
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any
 
+from imgpipe.clips import expand_clips
 from imgpipe.io import write_json
 from imgpipe.params import load_params
 from imgpipe.preprocess import (
@@ -17,6 +20,7 @@ from imgpipe.preprocess import (
 )
 from imgpipe.runner import run_stage
 from imgpipe.splits import SPLITS
+from imgpipe.video import FrameRate
 
 log = logging.getLogger("imgpipe.stages.preprocess")
 
@@ -29,25 +33,39 @@ def main() -> None:
     args = parser.parse_args()
 
     p = load_params().preprocess
-    grouped = p.group_pattern is not None
+    workers = worker_count(p.workers)
     classes, found = list_samples(args.raw, p.group_pattern)
-    splits = assign_splits(found, p.val_fraction, p.test_fraction, p.split_seed, grouped=grouped)
-    outcomes = {
-        split: write_split(
-            args.raw,
-            splits[split],
-            classes,
-            args.out / split,
-            image_size=p.image_size,
-            channels=p.channels,
-            workers=worker_count(p.workers),
-        )
-        for split in SPLITS
-    }
-    report = data_report(classes, splits, outcomes, grouped=grouped)
+    rate = FrameRate(p.frames_per_second, p.frame_stride, p.max_frames_per_clip)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    # Frames live only until their split is written; the split arrays are the output.
+    with tempfile.TemporaryDirectory(prefix=".frames-", dir=args.out.parent) as scratch:
+        found, clips = expand_clips(found, args.raw, Path(scratch), rate, workers)
+        patterned = p.group_pattern is not None
+        grouped = patterned or clips.clips > 0
+        splits = assign_splits(found, p.val_fraction, p.test_fraction, p.split_seed,
+                               grouped=grouped)  # fmt: skip
+        outcomes = {
+            split: write_split(
+                args.raw,
+                splits[split],
+                classes,
+                args.out / split,
+                image_size=p.image_size,
+                channels=p.channels,
+                workers=workers,
+            )
+            for split in SPLITS
+        }
+    report = data_report(classes, splits, outcomes, grouped=grouped, patterned=patterned,
+                         near_duplicate_distance=p.near_duplicate_distance,
+                         video=clips.summary() if clips.clips else None,
+                         skipped_clips=clips.skipped)  # fmt: skip
     write_json(args.report, report)
     log.info("images per split %s (shares %s); %d skipped", report["totals"],
              report["split_fractions"], report["skipped_count"])  # fmt: skip
+    if clips.clips:
+        log.info("video: %d frames from %d clips (%d skipped)", clips.frames, clips.clips,
+                 len(clips.skipped))  # fmt: skip
     if grouped:
         warn_about_groups(report["groups"], args.report)
     if report["empty_classes"]:
@@ -55,6 +73,11 @@ def main() -> None:
     if report["duplicate_groups"]:
         log.warning("%d images appear in more than one class or split; see %s",
                     report["duplicate_groups"], args.report)  # fmt: skip
+    near = report.get("near_duplicates", {}).get("pairs_count", 0)
+    if near:
+        log.warning("%d pairs of near-duplicate images (perceptual hashes within %d bits) sit "
+                    "in different classes or splits; see %s", near,
+                    p.near_duplicate_distance, args.report)  # fmt: skip
 
 
 def warn_about_groups(groups: dict[str, Any], report: Path) -> None:

@@ -132,3 +132,19 @@ def test_bench_preprocess_reports_ratios(
             run["peak_rss_bytes"] / run["array_bytes"], 3
         )
     assert results["speedup"] == round(every["images_per_second"] / one["images_per_second"], 2)
+
+
+def test_bench_near_duplicates_reports_ratios(tmp_path: Path) -> None:
+    from bench.__main__ import main as bench_main
+
+    out = tmp_path / "bench.json"
+    arguments = ["--images", "24", "--size", "40", "--target", "32", "--workers", "2"]
+    assert (
+        bench_main(["near-duplicates", *arguments, "--distance", "256", "--output", str(out)]) == 0
+    )
+    results = json.loads(out.read_text())
+    assert results["images"] == 24 and results["max_distance_bits"] == 256
+    # At 256 bits every pair but the pixel-identical ones within one split is near.
+    assert results["pairs_found"] == 24 * 23 // 2 - 3 * (8 * 7 // 2)
+    ratio = results["decode_and_hash_seconds"] / results["decode_seconds"]
+    assert results["hash_overhead"] == pytest.approx(ratio, abs=0.01)  # from unrounded times

@@ -41,7 +41,7 @@ def test_folders_become_rows_with_errors_for_bad_files(
     with out.open() as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 72 and not any(".DS_Store" in r["path"] for r in rows)
-    assert list(rows[0]) == ["path", "error", "class_1", "probability_1", "class_2",
+    assert list(rows[0]) == ["path", "frame", "error", "class_1", "probability_1", "class_2",
                              "probability_2"]  # fmt: skip
     errors = {Path(r["path"]).name: r["error"] for r in rows if r["error"]}
     assert errors.keys() == {"notes.png", "scan.ppm"}

@@ -53,26 +53,35 @@ def info(args: argparse.Namespace) -> int:
 
 def predict(args: argparse.Namespace) -> int:
     """Classify files and folders (recursively) with the exported model, in batches, decoded
-    under the service's policy (formats, pixel limit): JSON lines on stdout, or a table with
-    ``--output``. Exit 1 when some file could not be classified (its row says why)."""
+    under the service's policy (formats, pixel limit), video files frame by frame: JSON lines
+    on stdout, or a table with ``--output``. Exit 1 when some file could not be classified
+    (its row says why)."""
     from tqdm import tqdm
 
     from imgpipe.classify import DecodePolicy
     from imgpipe.predictions import find_inputs, predict_files, write_predictions
     from imgpipe.runtime import OnnxClassifier
+    from imgpipe.video import FrameRate, is_video
 
     classifier = OnnxClassifier(_given(args.model, "--model"))
     files = find_inputs([Path(p) for p in args.inputs])
+    try:
+        frames = FrameRate(args.frames_per_second, args.frame_stride, args.max_frames)
+    except ValueError:
+        raise ImgpipeError("--frames-per-second, --max-frames must be >= 0 and --frame-stride "
+                           ">= 1") from None  # fmt: skip
     predictions = predict_files(
         classifier, files, policy=DecodePolicy(max_pixels=args.max_pixels), top_k=args.top_k,
-        embeddings=args.embeddings,
+        embeddings=args.embeddings, frames=frames,
     )  # fmt: skip
-    shown = tqdm(predictions, total=len(files), desc="predict", unit="img", disable=None)
+    # With videos the number of rows is known only as their frames are decoded.
+    total = None if any(is_video(f) for f in files) else len(files)
+    shown = tqdm(predictions, total=total, desc="predict", unit="img", disable=None)
     rows, errors = write_predictions(
         shown, args.output, top_k=args.top_k,
         embedding_dims=classifier.embedding_dims if args.embeddings else 0, stream=sys.stdout,
     )  # fmt: skip
-    log.info("%d files classified, %d could not be%s", rows - errors, errors,
+    log.info("%d images or frames classified, %d files could not be%s", rows - errors, errors,
              f"; {args.output}" if args.output else "")  # fmt: skip
     return 1 if errors else 0
 
@@ -177,9 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.set_defaults(handler=info)
 
     sub = commands.add_parser(
-        "predict", help="classify image files and folders with the exported model, in batches"
+        "predict",
+        help="classify image and video files and folders with the exported model, in batches",
     )
-    sub.add_argument("inputs", nargs="+", help="image files, or folders (searched recursively)")
+    sub.add_argument("inputs", nargs="+",
+                     help="image or video files, or folders (searched recursively)")  # fmt: skip
     sub.add_argument("--output", type=Path,
                      help="a .csv, .parquet or .jsonl table (default: stdout)")  # fmt: skip
     sub.add_argument("--embeddings", action="store_true",
@@ -188,6 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--top-k", type=int, default=TOP_K, help="classes to print per image")
     sub.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
                      help="largest image (width x height), checked before decoding")  # fmt: skip
+    sub.add_argument("--frames-per-second", type=float, default=1.0,
+                     help="video: frames classified per second of video; 0: every "
+                          "--frame-stride-th frame (default 1, as preprocess)")  # fmt: skip
+    sub.add_argument("--frame-stride", type=int, default=1,
+                     help="video, --frames-per-second 0: every this-many-th frame")  # fmt: skip
+    sub.add_argument("--max-frames", type=int, default=0,
+                     help="video: the first this many selected frames of each; 0: all")  # fmt: skip
     sub.set_defaults(handler=predict)
 
     sub = commands.add_parser(

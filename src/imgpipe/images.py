@@ -79,6 +79,13 @@ def decode_image(
         raise ImageTooLargeError(str(exc)) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageDecodeError(f"cannot decode: {exc}") from None
+    return prepare_image(image, size, channels)
+
+
+def prepare_image(image: Image.Image, size: int, channels: int) -> np.ndarray:
+    """A decoded image (a file's, or a video frame) as the model sees it: converted to
+    ``channels``, the shorter side resized to ``size``, the centre square kept; ``uint8``
+    ``(size, size, channels)``."""
     image = _to_channels(image, channels)
     image = ImageOps.fit(image, (size, size), method=Image.Resampling.BILINEAR)
     pixels = np.asarray(image, dtype=np.uint8)

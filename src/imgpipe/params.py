@@ -37,6 +37,10 @@ class PreprocessParams(FrozenSettings):
     test_fraction: float = Field(gt=0, lt=1)
     split_seed: int = Field(ge=0)
     group_pattern: str | None = None
+    frames_per_second: float = Field(ge=0)
+    frame_stride: int = Field(ge=1)
+    max_frames_per_clip: int = Field(ge=0)
+    near_duplicate_distance: int | None = Field(ge=0, le=256)
     workers: int = Field(ge=0)
 
     @field_validator("group_pattern")

@@ -1,8 +1,9 @@
-"""Batch predictions: every image of some files and folders through the exported model, in
-batches, into a table (CSV or Parquet) or JSON lines, with one row per file; a file that cannot
-be read is a row with its error, never a crash. Decoding follows the service's policy
-(:class:`~imgpipe.classify.DecodePolicy`) on a pool of threads (Pillow decodes without the
-GIL), while onnxruntime works on the previous batch."""
+"""Batch predictions: every image of some files and folders, and the frames of video files,
+through the exported model, in batches, into a table (CSV or Parquet) or JSON lines, with one
+row per image or frame; a file that cannot be read is a row with its error, never a crash.
+Decoding follows the service's policy (:class:`~imgpipe.classify.DecodePolicy`) on a pool of
+threads (Pillow decodes without the GIL); video frames are prepared the way preprocess prepares
+them (:func:`~imgpipe.images.prepare_image`), one at a time."""
 
 from __future__ import annotations
 
@@ -19,10 +20,11 @@ import numpy as np
 from imgpipe.classify import DecodePolicy, top_classes
 from imgpipe.errors import ImgpipeError
 from imgpipe.features import embedding_column_names
-from imgpipe.images import ImageDecodeError
+from imgpipe.images import ImageDecodeError, prepare_image
 from imgpipe.io import atomic_path
 from imgpipe.layout import has_junk_part
 from imgpipe.runtime import OnnxClassifier
+from imgpipe.video import FrameRate, VideoDecodeError, is_video, iter_frames
 
 BATCH = 64  # images per onnxruntime call
 TABLE_SUFFIXES = (".csv", ".parquet", ".jsonl")
@@ -34,6 +36,7 @@ class Prediction:
     top: list[tuple[str, float]]
     embedding: np.ndarray | None = None
     error: str | None = None
+    frame: int | None = None  # a video's frame index (counting every decoded frame from 0)
 
 
 def find_inputs(paths: Sequence[Path]) -> list[Path]:
@@ -63,8 +66,43 @@ def predict_files(
     top_k: int,
     embeddings: bool = False,
     threads: int = 4,
+    frames: FrameRate | None = None,
 ) -> Iterator[Prediction]:
-    """One :class:`Prediction` per file, in order."""
+    """One :class:`Prediction` per image file, and per selected frame (``frames``) of each
+    video file, in order."""
+    pending: list[Prediction | tuple[str, int | None, np.ndarray]] = []
+
+    def flush() -> Iterator[Prediction]:
+        ready = [item for item in pending if not isinstance(item, Prediction)]
+        if ready:
+            probabilities, vectors = classifier.run(np.stack([p for _, _, p in ready]), BATCH)
+        row = 0
+        for item in pending:
+            if isinstance(item, Prediction):
+                yield item
+                continue
+            path, frame, _ = item
+            yield Prediction(path, top_classes(probabilities[row], classifier.classes, top_k),
+                             vectors[row] if embeddings else None, None, frame)  # fmt: skip
+            row += 1
+        pending.clear()
+
+    for item in _decoded(classifier, files, policy, threads, frames or FrameRate()):
+        pending.append(item)
+        if sum(not isinstance(i, Prediction) for i in pending) == BATCH:
+            yield from flush()
+    yield from flush()
+
+
+def _decoded(
+    classifier: OnnxClassifier,
+    files: Sequence[Path],
+    policy: DecodePolicy,
+    threads: int,
+    frames: FrameRate,
+) -> Iterator[Prediction | tuple[str, int | None, np.ndarray]]:
+    """``(path, frame, pixels)`` per image or frame, or an error :class:`Prediction`; images
+    are decoded a batch at a time on a thread pool."""
 
     def decode(path: Path) -> np.ndarray | str:
         try:
@@ -75,27 +113,34 @@ def predict_files(
     with ThreadPoolExecutor(threads, thread_name_prefix="imgpipe-decode") as pool:
         for start in range(0, len(files), BATCH):
             chunk = files[start : start + BATCH]
-            decoded = list(pool.map(decode, chunk))
-            good = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
-            outputs: tuple[np.ndarray, np.ndarray] | None = None
-            if good:
-                outputs = classifier.run(np.stack([decoded[i] for i in good]), BATCH)
-            row_of = {i: row for row, i in enumerate(good)}
-            for i, (path, result) in enumerate(zip(chunk, decoded, strict=True)):
-                if isinstance(result, str):
+            images = [path for path in chunk if not is_video(path)]
+            decoded = dict(zip(images, pool.map(decode, images), strict=True))
+            for path in chunk:
+                if is_video(path):
+                    yield from _video_frames(classifier, path, frames)
+                elif isinstance(result := decoded[path], str):
                     yield Prediction(str(path), [], None, result)
-                    continue
-                assert outputs is not None
-                probabilities, vectors = outputs[0][row_of[i]], outputs[1][row_of[i]]
-                yield Prediction(
-                    str(path), top_classes(probabilities, classifier.classes, top_k),
-                    vectors if embeddings else None,
-                )  # fmt: skip
+                else:
+                    yield str(path), None, result
+
+
+def _video_frames(
+    classifier: OnnxClassifier, path: Path, frames: FrameRate
+) -> Iterator[Prediction | tuple[str, int | None, np.ndarray]]:
+    """The selected frames of one video; a video that fails is one error row (after the
+    frames decoded before the failure, when it fails part way)."""
+    try:
+        for index, image in iter_frames(path, frames):
+            yield str(path), index, prepare_image(image, classifier.image_size, classifier.channels)
+    except VideoDecodeError as error:
+        yield Prediction(str(path), [], None, str(error))
+    except OSError as error:
+        yield Prediction(str(path), [], None, f"cannot read: {error.strerror or error}")
 
 
 def columns(top_k: int, embedding_dims: int) -> list[str]:
-    """path, error, class_1, probability_1, ..., and emb_* when embeddings are kept."""
-    names = ["path", "error"]
+    """path, frame, error, class_1, probability_1, ..., and emb_* when embeddings are kept."""
+    names = ["path", "frame", "error"]
     for rank in range(1, top_k + 1):
         names += [f"class_{rank}", f"probability_{rank}"]
     return names + (embedding_column_names(embedding_dims) if embedding_dims else [])
@@ -104,6 +149,7 @@ def columns(top_k: int, embedding_dims: int) -> list[str]:
 def to_row(prediction: Prediction, top_k: int, embedding_dims: int) -> dict[str, Any]:
     row: dict[str, Any] = dict.fromkeys(columns(top_k, embedding_dims))
     row["path"], row["error"] = prediction.path, prediction.error or ""
+    row["frame"] = prediction.frame
     for rank, (name, probability) in enumerate(prediction.top[:top_k], 1):
         row[f"class_{rank}"], row[f"probability_{rank}"] = name, round(probability, 6)
     if prediction.embedding is not None:

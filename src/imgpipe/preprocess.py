@@ -28,6 +28,7 @@ from imgpipe.grouping import group_id, group_report, grouped_split
 from imgpipe.images import ImageDecodeError, decode_image
 from imgpipe.io import atomic_path
 from imgpipe.layout import has_junk_part, is_junk, split_folders
+from imgpipe.near_duplicates import LISTED_PAIRS, Place, near_duplicate_pairs, perceptual_hash
 from imgpipe.splits import IMAGES_FILE, compact_rows, create_image_array, write_labels_and_meta
 
 log = logging.getLogger(__name__)
@@ -39,14 +40,22 @@ class PreprocessError(ImgpipeError):
 
 @dataclass(frozen=True)
 class Sample:
-    path: Path  # relative to the raw root, for reports
+    path: Path  # relative to the raw root, for reports (a frame: <clip path>/frame_<index>.png)
     label: int
     group_found: str | None = None  # what preprocess.group_pattern captured; None: no match
+    clip: str | None = None  # a video frame: its clip's path relative to the raw root
+    file: Path | None = None  # where the pixels are when not at <raw root>/<path> (frames)
 
     @property
     def group(self) -> str:
-        """The group the image is split with: the pattern's capture, else the image alone."""
-        return self.group_found if self.group_found is not None else self.path.as_posix()
+        """The group the image is split with: the pattern's capture, else its clip, else the
+        image alone."""
+        if self.group_found is not None:
+            return self.group_found
+        return self.clip if self.clip is not None else self.path.as_posix()
+
+    def source(self, raw_root: Path) -> Path:
+        return self.file if self.file is not None else raw_root / self.path
 
 
 def list_samples(
@@ -153,11 +162,13 @@ def _order(sample: Sample) -> tuple[int, str]:
 
 @dataclass
 class SplitOutcome:
-    """What writing one split found: the files skipped (with reasons) and a content digest of
-    every image kept, for finding the same image in two classes or splits."""
+    """What writing one split found: the files skipped (with reasons), and a content digest and
+    a perceptual hash of every image kept, for finding the same image, or a near copy, in two
+    classes or splits."""
 
     skipped: list[dict[str, str]] = field(default_factory=list)
     digests: dict[str, str] = field(default_factory=dict)  # file -> digest of decoded pixels
+    hashes: dict[str, str] = field(default_factory=dict)  # file -> perceptual hash (hex)
 
 
 def worker_count(requested: int) -> int:
@@ -189,7 +200,7 @@ def write_split(
         header = create_image_array(array, (len(samples), *row_shape))
         row_bytes = int(np.prod(row_shape))
         jobs = [
-            (raw_root / s.path, image_size, channels, array, header + i * row_bytes)
+            (s.source(raw_root), image_size, channels, array, header + i * row_bytes)
             for i, s in enumerate(samples)
         ]
         kept_rows: list[int] = []
@@ -202,7 +213,9 @@ def write_split(
                 desc=f"preprocess {destination.name}",
                 unit="img",
             )
-            for row, (sample, (written, detail)) in enumerate(zip(samples, results, strict=True)):
+            for row, (sample, (written, detail, hashed)) in enumerate(
+                zip(samples, results, strict=True)
+            ):
                 file = sample.path.as_posix()
                 if not written:
                     outcome.skipped.append({"file": file, "reason": detail})
@@ -211,6 +224,7 @@ def write_split(
                 labels.append(sample.label)
                 files.append(file)
                 outcome.digests[file] = detail
+                outcome.hashes[file] = hashed
         if outcome.skipped:
             compact_rows(array, header, row_bytes, kept_rows, row_shape)
         write_labels_and_meta(temporary, labels, classes, files)
@@ -218,23 +232,24 @@ def write_split(
 
 
 _Job = tuple[Path, int, int, Path, int]
-_Result = tuple[bool, str]
+_Result = tuple[bool, str, str]
 
 
 def _decode_job(job: _Job) -> _Result:
-    """Decode one image and write it at its offset: ``(True, digest)`` or ``(False, reason)``."""
+    """Decode one image and write it at its offset: ``(True, digest, perceptual hash)`` or
+    ``(False, reason, "")``."""
     path, size, channels, array, offset = job
     try:
         pixels = decode_image(path, size, channels)
     except ImageDecodeError as reason:
-        return False, str(reason)
+        return False, str(reason), ""
     except OSError as error:  # unreadable: permissions, vanished, a folder named like a file
-        return False, f"cannot read: {error.strerror or error}"
+        return False, f"cannot read: {error.strerror or error}", ""
     data = pixels.tobytes()
     with array.open("r+b") as handle:
         handle.seek(offset)
         handle.write(data)
-    return True, hashlib.blake2b(data, digest_size=16).hexdigest()
+    return True, hashlib.blake2b(data, digest_size=16).hexdigest(), perceptual_hash(pixels)
 
 
 @contextmanager
@@ -275,17 +290,52 @@ def find_leaks(
     return sorted(leaks, key=lambda leak: leak["copies"][0]["file"])
 
 
+def find_near_duplicates(
+    outcomes: dict[str, SplitOutcome],
+    samples: dict[str, list[Sample]],
+    classes: list[str],
+    max_distance: int,
+) -> tuple[int, list[dict[str, Any]]]:
+    """How many near-duplicate pairs sit in different classes or splits (perceptual hashes
+    within ``max_distance`` bits, pixel-identical pairs left to :func:`find_leaks`), and the
+    closest :data:`LISTED_PAIRS` of them."""
+    label_of = {s.path.as_posix(): s.label for split in samples.values() for s in split}
+    files, hashes, places = [], [], []
+    for split, outcome in outcomes.items():
+        for file, hashed in outcome.hashes.items():
+            files.append((split, file))
+            hashes.append(hashed)
+            places.append(Place(split, label_of[file], outcome.digests[file]))
+    pairs = near_duplicate_pairs(hashes, places, max_distance)
+
+    def where(i: int) -> dict[str, str]:
+        split, file = files[i]
+        return {"split": split, "class": classes[places[i].label], "file": file}
+
+    listed = [
+        {"distance": distance, "copies": sorted((where(i), where(j)), key=lambda c: c["file"])}
+        for i, j, distance in pairs[:LISTED_PAIRS]
+    ]
+    return len(pairs), listed
+
+
 def data_report(
     classes: list[str],
     splits: dict[str, list[Sample]],
     outcomes: dict[str, SplitOutcome],
     *,
     grouped: bool = False,
+    patterned: bool = False,
+    near_duplicate_distance: int | None = None,
+    video: dict[str, int] | None = None,
+    skipped_clips: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Counts per class and split (after skipping), the share of images in each split, every
     skipped file with its reason, empty classes, identical images found in more than one class
-    or split, and (``grouped``) the groups per split and class, groups found in several
-    classes or splits, and the paths the group pattern did not match."""
+    or split, near-duplicates there (``near_duplicate_distance``: None skips the search), the
+    clips and frames found (``video``; ``skipped_clips`` join the skipped files), and
+    (``grouped``) the groups per split and class, groups found in several classes or splits,
+    and (``patterned``) the paths the group pattern did not match."""
     counts: dict[str, dict[str, int]] = {}
     for split, samples in splits.items():
         kept = set(outcomes[split].digests)
@@ -296,7 +346,7 @@ def data_report(
         {"split": split, **entry}
         for split, outcome in outcomes.items()
         for entry in outcome.skipped
-    ]
+    ] + list(skipped_clips or [])
     leaks = find_leaks(outcomes, splits, classes)
     totals = {split: sum(c.values()) for split, c in counts.items()}
     report: dict[str, Any] = {
@@ -312,8 +362,19 @@ def data_report(
         "duplicates_across_classes_or_splits": leaks,
         "duplicate_groups": len(leaks),
     }
+    if video is not None:
+        report["video"] = video
+    if near_duplicate_distance is not None:
+        count, listed = find_near_duplicates(outcomes, splits, classes, near_duplicate_distance)
+        report["near_duplicates"] = {
+            "max_distance_bits": near_duplicate_distance,
+            "pairs_count": count,
+            "pairs": listed,
+        }
     if grouped:
-        unmatched = [s.path.as_posix() for part in splits.values() for s in part
-                     if s.group_found is None]  # fmt: skip
+        unmatched = sorted(
+            {s.clip or s.path.as_posix() for part in splits.values() for s in part
+             if patterned and s.group_found is None}
+        )  # fmt: skip
         report["groups"] = group_report(splits, classes, unmatched)
     return report
