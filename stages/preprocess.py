@@ -10,6 +10,7 @@ from typing import Any
 
 from imgpipe.clips import expand_clips
 from imgpipe.io import write_json
+from imgpipe.layout import read_source_notes
 from imgpipe.params import load_params
 from imgpipe.preprocess import (
     assign_splits,
@@ -59,7 +60,8 @@ def main() -> None:
     report = data_report(classes, splits, outcomes, grouped=grouped, patterned=patterned,
                          near_duplicate_distance=p.near_duplicate_distance,
                          video=clips.summary() if clips.clips else None,
-                         skipped_clips=clips.skipped)  # fmt: skip
+                         skipped_clips=clips.skipped,
+                         source_notes=read_source_notes(args.raw))  # fmt: skip
     write_json(args.report, report)
     log.info("images per split %s (shares %s); %d skipped", report["totals"],
              report["split_fractions"], report["skipped_count"])  # fmt: skip
@@ -68,6 +70,9 @@ def main() -> None:
                  len(clips.skipped))  # fmt: skip
     if grouped:
         warn_about_groups(report["groups"], args.report)
+    if report.get("links_outside_source"):
+        log.warning("%d symbolic links in the source point outside it; see %s",
+                    len(report["links_outside_source"]), args.report)  # fmt: skip
     if report["empty_classes"]:
         log.warning("classes without a single usable image: %s", report["empty_classes"])
     if report["duplicate_groups"]:

@@ -49,3 +49,37 @@ def test_pre_split_layout_is_recognised(tmp_path: Path) -> None:
         write_image_folder(tmp_path / split, per_class=1)
     assert sorted(split_folders(tmp_path)) == ["test", "train", "val"]
     assert split_folders(tmp_path / "train") == {}
+
+
+def test_a_local_folder_is_copied_through_its_links_and_outside_links_are_reported(
+    tmp_path: Path,
+) -> None:
+    """Links are followed for a folder the user chose (a linked folder of images is not lost),
+    a link back to an ancestor does not loop, and links leaving the folder reach the data
+    report with their targets."""
+    from imgpipe.layout import read_source_notes
+    from imgpipe.preprocess import data_report, list_samples, write_split
+
+    source = write_image_folder(tmp_path / "source")
+    outside = write_image_folder(tmp_path / "elsewhere")
+    (source / "left" / "more").symlink_to(outside / "left")  # a folder outside
+    (source / "right" / "extra.png").symlink_to(outside / "right" / "000.png")  # a file outside
+    (source / "right" / "inside.png").symlink_to(source / "right" / "001.png")  # stays inside
+    (source / "left" / "loop").symlink_to(source)  # an ancestor: visited once, not forever
+    fetch(str(source), tmp_path / "raw")
+    copied = sorted(p.relative_to(tmp_path / "raw").as_posix()
+                    for p in (tmp_path / "raw").rglob("*.png"))  # fmt: skip
+    assert len(copied) == 6 + 6 + 6 + 2  # both classes, the linked folder, two linked files
+    assert "left/more/005.png" in copied and not any("loop" in c for c in copied)
+    assert not any(p.is_symlink() for p in (tmp_path / "raw").rglob("*"))  # real copies
+    notes = read_source_notes(tmp_path / "raw")
+    assert notes == {"links_outside_source": [
+        {"path": "left/more", "target": str((outside / "left").resolve())},
+        {"path": "right/extra.png", "target": str((outside / "right" / "000.png").resolve())},
+    ]}  # fmt: skip
+    classes, found = list_samples(tmp_path / "raw")
+    assert classes == ["left", "right"] and len(found[None]) == 20  # the notes are no class
+    outcome = write_split(tmp_path / "raw", found[None], classes, tmp_path / "t", image_size=8,
+                          channels=1)  # fmt: skip
+    report = data_report(classes, {"train": found[None]}, {"train": outcome}, source_notes=notes)
+    assert report["links_outside_source"] == notes["links_outside_source"]

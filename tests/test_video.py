@@ -45,7 +45,7 @@ def test_unreadable_videos_say_why(tmp_path: Path) -> None:
     (tmp_path / "cut.mp4").write_bytes(whole[: len(whole) // 2])
     (tmp_path / "text.mp4").write_text("not a video at all " * 20)
     for name in ("cut.mp4", "text.mp4"):
-        with pytest.raises(VideoDecodeError, match="cannot open as video: .*Invalid data"):
+        with pytest.raises(VideoDecodeError, match=r"cannot open as video: .*Invalid data"):
             list(iter_frames(tmp_path / name, FrameRate()))
     with pytest.raises(VideoDecodeError, match="no video stream"):
         list(iter_frames(write_empty_clip(tmp_path / "empty.mp4"), FrameRate()))

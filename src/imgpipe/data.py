@@ -21,8 +21,8 @@ from tqdm import tqdm
 
 from imgpipe.archives import download, extract, verify_sha256
 from imgpipe.errors import ImgpipeError
-from imgpipe.io import atomic_path
-from imgpipe.layout import SPLIT_ALIASES, has_junk_part, is_junk, split_folders
+from imgpipe.io import atomic_path, write_json
+from imgpipe.layout import SOURCE_NOTES, SPLIT_ALIASES, is_junk, split_folders
 
 log = logging.getLogger(__name__)
 
@@ -104,20 +104,62 @@ def write_mnist5k(destination: Path) -> None:
 
 
 def copy_image_folder(source: Path, destination: Path) -> None:
-    """Copy a local ImageFolder tree, leaving out OS junk."""
+    """Copy a local ImageFolder tree, leaving out OS junk. Symbolic links are followed (the
+    user chose this folder, links and all); those that point outside it are listed in
+    ``<destination>/`` :data:`~imgpipe.layout.SOURCE_NOTES` for the data report, since the
+    dataset then depends on files the folder does not hold."""
     if not source.is_dir():
         raise SourceError(
             f"data.source: '{source}' is not a folder, and not a known source "
             f"(prefixes: {', '.join(SOURCES)})"
         )
-    entries = [p for p in sorted(source.rglob("*")) if not has_junk_part(p, source)]
-    for folder in (p for p in entries if p.is_dir()):  # an empty class folder is reported later
-        (destination / folder.relative_to(source)).mkdir(parents=True, exist_ok=True)
-    files = [p for p in entries if p.is_file()]
-    for path in tqdm(files, desc=f"copy {source.name}", unit="file"):
-        target = destination / path.relative_to(source)
+    folders, files, outside = walk_following_links(source)
+    for folder in folders:  # an empty class folder is reported later
+        (destination / folder).mkdir(parents=True, exist_ok=True)
+    for relative in tqdm(files, desc=f"copy {source.name}", unit="file"):
+        target = destination / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target)
+        shutil.copyfile(source / relative, target)
+    if outside:
+        log.warning("%d symbolic links in %s point outside it (listed in the data report): %s",
+                    len(outside), source, ", ".join(o["path"] for o in outside[:5]))  # fmt: skip
+        write_json(destination / SOURCE_NOTES, {"links_outside_source": outside})
+
+
+def walk_following_links(
+    root: Path,
+) -> tuple[list[Path], list[Path], list[dict[str, str]]]:
+    """Folders and files below ``root`` (relative, sorted, OS junk left out), symbolic links
+    followed, each real folder visited once (a link to an ancestor would loop), and the links
+    whose target lies outside ``root`` (``{"path", "target"}``)."""
+    top = root.resolve()
+    seen = {top}
+    folders: list[Path] = []
+    files: list[Path] = []
+    outside: list[dict[str, str]] = []
+    for current, dirnames, filenames in os.walk(root, followlinks=True):
+        here = Path(current)
+        kept = []
+        for name in sorted(dirnames):
+            path = here / name
+            real = path.resolve()
+            if is_junk(name) or real in seen:
+                continue
+            seen.add(real)
+            kept.append(name)
+            folders.append(path.relative_to(root))
+            if path.is_symlink() and not real.is_relative_to(top):
+                outside.append({"path": path.relative_to(root).as_posix(), "target": str(real)})
+        dirnames[:] = kept
+        for name in sorted(filenames):
+            path = here / name
+            if is_junk(name) or not path.is_file():  # a dangling link is no file
+                continue
+            files.append(path.relative_to(root))
+            if path.is_symlink() and not path.resolve().is_relative_to(top):
+                outside.append({"path": path.relative_to(root).as_posix(),
+                                "target": str(path.resolve())})  # fmt: skip
+    return sorted(folders), sorted(files), sorted(outside, key=lambda o: o["path"])
 
 
 def describe_tree(root: Path, source: str) -> None:

@@ -4,11 +4,15 @@ are never data."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 # Names operating systems and archivers leave in folders; never data.
 JUNK_NAMES = frozenset({"Thumbs.db", "desktop.ini", "__MACOSX"})
 SPLIT_ALIASES = {"train": "train", "val": "val", "validation": "val", "test": "test"}
+# What download learned about the source that the data report shows (hidden: never a class).
+SOURCE_NOTES = ".imgpipe-source.json"
 
 
 def is_junk(name: str) -> bool:
@@ -32,3 +36,9 @@ def split_folders(root: Path) -> dict[str, Path]:
 def has_junk_part(path: Path, root: Path) -> bool:
     """Whether ``path`` is, or lies under, OS junk below ``root``."""
     return any(is_junk(part) for part in path.relative_to(root).parts)
+
+
+def read_source_notes(raw_root: Path) -> dict[str, Any]:
+    """What download noted about the source (:data:`SOURCE_NOTES`), or nothing."""
+    notes = raw_root / SOURCE_NOTES
+    return json.loads(notes.read_text(encoding="utf-8")) if notes.is_file() else {}

@@ -329,11 +329,13 @@ def data_report(
     near_duplicate_distance: int | None = None,
     video: dict[str, int] | None = None,
     skipped_clips: list[dict[str, Any]] | None = None,
+    source_notes: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Counts per class and split (after skipping), the share of images in each split, every
     skipped file with its reason, empty classes, identical images found in more than one class
     or split, near-duplicates there (``near_duplicate_distance``: None skips the search), the
-    clips and frames found (``video``; ``skipped_clips`` join the skipped files), and
+    clips and frames found (``video``; ``skipped_clips`` join the skipped files), what
+    download noted about the source (``source_notes``: links pointing outside it), and
     (``grouped``) the groups per split and class, groups found in several classes or splits,
     and (``patterned``) the paths the group pattern did not match."""
     counts: dict[str, dict[str, int]] = {}
@@ -364,6 +366,7 @@ def data_report(
     }
     if video is not None:
         report["video"] = video
+    report |= source_notes or {}
     if near_duplicate_distance is not None:
         count, listed = find_near_duplicates(outcomes, splits, classes, near_duplicate_distance)
         report["near_duplicates"] = {
