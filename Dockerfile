@@ -39,7 +39,9 @@ COPY src/ src/
 RUN python -m pip install --no-deps .
 ARG MODEL_COMMIT=""
 ENV IMGPIPE_MODEL_COMMIT=${MODEL_COMMIT}
-COPY models/model.onnx models/model.onnx
+# The file served: the fp32 export by default, models/int8/model.onnx for the int8 artifact.
+ARG MODEL=models/model.onnx
+COPY ${MODEL} models/model.onnx
 # The feature log (for `imgpipe drift --current logs/requests.jsonl`) is the only thing written.
 RUN mkdir logs && chown imgpipe:imgpipe logs
 USER 10001
