@@ -92,7 +92,10 @@ def test_a_stage_tag_tells_the_deploy_workflow_what_to_ship(
     event = json.loads(run(repo, str(GTO), "check-ref", "image-classifier#prod#1", "--json"))
     commit = run(repo, "git", "rev-list", "-n", "1", "image-classifier@v1.0.0").strip()
     assert (event["artifact"], event["version"], event["stage"], event["commit_hexsha"]) == (
-        "image-classifier", "v1.0.0", "prod", commit
+        "image-classifier",
+        "v1.0.0",
+        "prod",
+        commit,
     )
     workflow = (REPO_ROOT / ".github/workflows/deploy.yml").read_text()
     for key in ("artifact", "version", "stage", "commit_hexsha"):

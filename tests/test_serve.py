@@ -7,6 +7,7 @@ import asyncio
 import io
 import json
 import os
+import re
 import shutil
 import struct
 import threading
@@ -446,16 +447,24 @@ def test_ci_is_parsed_not_just_present() -> None:
 def test_upload_page_in_headless_chromium(
     live_server: LiveServer, test_split: SplitArrays, tmp_path: Path
 ) -> None:
+    """Several files chosen at once and one dropped: each gets its card with the top classes as
+    bars, the server's latency and the model identity, or its own error in words; nothing is
+    fetched from anywhere but the service. The screenshot is kept (IMGPIPE_TEST_ARTIFACTS, which
+    CI uploads)."""
+    import base64
+
+    import httpx
     from playwright.sync_api import sync_playwright
 
     assert CHROMIUM, "CI must have chromium for the upload-page test"
-    image = tmp_path / "digit.png"
-    image.write_bytes(png_bytes(test_split.images[-1]))
-    import httpx
-
-    expected = httpx.post(
-        f"{live_server.url}/predict", files=uploads(test_split.images[-1:])
-    ).json()["predictions"][0]["top"][0]["class"]
+    digit = png_bytes(test_split.images[-1])
+    (tmp_path / "digit.png").write_bytes(digit)
+    (tmp_path / "notes.txt").write_text("not an image")
+    answer = httpx.post(f"{live_server.url}/predict", files=uploads(test_split.images[-1:]))
+    expected = answer.json()["predictions"][0]["top"]
+    model_sha = answer.json()["model_sha256"]
+    artifacts = Path(os.environ.get("IMGPIPE_TEST_ARTIFACTS") or tmp_path)
+    artifacts.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM,
@@ -463,27 +472,61 @@ def test_upload_page_in_headless_chromium(
                   "--disable-background-networking"],
         )  # fmt: skip
         try:
-            page = browser.new_page()
+            page = browser.new_page(viewport={"width": 900, "height": 700})
             script_errors: list[str] = []
+            requested: list[str] = []
             page.on("pageerror", lambda error: script_errors.append(str(error)))
+            page.on("request", lambda request: requested.append(request.url))
             page.goto(live_server.url + "/")
             page.wait_for_function(
                 "document.getElementById('model').textContent.includes('classes')"
             )
-            page.set_input_files("#files", str(image))
-            page.click("#submit")
-            result = page.wait_for_selector(".result", timeout=15_000)
-            assert result is not None
-            assert result.get_attribute("data-predicted") == expected
-            assert "digit.png" in result.inner_text()
-            page.screenshot(path=str(tmp_path / "page.png"))
-            # An error is shown on the page, not swallowed.
-            (tmp_path / "notes.txt").write_text("not an image")
-            page.set_input_files("#files", str(tmp_path / "notes.txt"))
-            page.click("#submit")
-            page.wait_for_function("document.getElementById('error').textContent.length > 0")
-            assert "notes.txt: not an image" in page.inner_text("#error")
+            page.set_input_files("#files", [str(tmp_path / "digit.png"),
+                                            str(tmp_path / "notes.txt")])  # fmt: skip
+            good = page.wait_for_selector(".result[data-predicted]", timeout=15_000)
+            bad = page.wait_for_selector(".result.failed", timeout=15_000)
+            assert good is not None and bad is not None
+            assert good.get_attribute("data-predicted") == expected[0]["class"]
+            assert good.query_selector(".name").inner_text() == "digit.png"
+            rows = good.query_selector_all(".class")
+            assert [r.query_selector(".label").inner_text() for r in rows] == [
+                e["class"] for e in expected
+            ]
+            width = rows[0].query_selector(".bar").get_attribute("style")
+            assert f"width: {100 * expected[0]['probability']:.1f}%" in width
+            status = good.query_selector(".status").inner_text()
+            assert re.search(r"[\d.]+ ms on the server, \d+ ms round trip", status), status
+            assert model_sha[:12] in status
+            assert bad.query_selector(".name").inner_text() == "notes.txt"
+            assert bad.query_selector(".problem").inner_text() == (
+                "not an image in an accepted format (PNG, JPEG, GIF, BMP, TIFF, WEBP) "
+                "(content not recognised)"
+            )
+            # Drag and drop: a file dropped on the zone is classified the same way.
+            page.evaluate(
+                """(data) => {
+                    const bytes = Uint8Array.from(atob(data), c => c.charCodeAt(0));
+                    const transfer = new DataTransfer();
+                    transfer.items.add(new File([bytes], "dropped.png", {type: "image/png"}));
+                    document.getElementById("drop").dispatchEvent(
+                        new DragEvent("drop", {dataTransfer: transfer, bubbles: true,
+                                               cancelable: true}));
+                }""",
+                base64.b64encode(digit).decode(),
+            )
+            page.wait_for_function("document.querySelectorAll('.result[data-predicted]').length"
+                                   " === 2")  # fmt: skip
+            names = [n.inner_text() for n in page.query_selector_all(".result .name")]
+            assert names[0] == "dropped.png" and sorted(names) == [
+                "digit.png",
+                "dropped.png",
+                "notes.txt",
+            ]
+            page.screenshot(path=str(artifacts / "upload-page.png"), full_page=True)
+            assert (artifacts / "upload-page.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
             assert script_errors == []
+            local = (live_server.url, "blob:", "data:")
+            assert [url for url in requested if not url.startswith(local)] == []
         finally:
             browser.close()
 
@@ -678,10 +721,13 @@ def test_the_page_asks_for_the_token_once(
             page.on("dialog", lambda dialog: (asked.append(dialog.message),
                                               dialog.accept("page-token")))  # fmt: skip
             page.goto(server.url + "/")
-            for _ in range(2):  # the second upload reuses the token: no second question
-                page.set_input_files("#files", str(image))
-                page.click("#submit")
-                page.wait_for_selector(".result", timeout=15_000)
+            # Three files at once meet three 401s and one question; the next upload reuses it.
+            for files, classified in (([image] * 3, 3), ([image], 4)):
+                page.set_input_files("#files", [str(f) for f in files])
+                page.wait_for_function(
+                    f"document.querySelectorAll('.result[data-predicted]').length === {classified}",
+                    timeout=15_000,
+                )
             assert asked == ["This service needs an access token:"]
         finally:
             browser.close()

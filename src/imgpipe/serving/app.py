@@ -187,13 +187,16 @@ def create_app(config: ServeConfig) -> FastAPI:
               responses=ERROR_RESPONSES | protected)  # fmt: skip
     async def predict(
         request: Request,
+        response: Response,
         files: Annotated[
             list[UploadFile], File(min_length=1, description="one or more image files")
         ],
         top_k: Annotated[int, Query(ge=1, le=1000, description="classes per image")] = TOP_K,
     ) -> PredictResponse:
         """Classify the uploaded images: the ``top_k`` most probable classes of each (all
-        classes when ``top_k`` exceeds their number)."""
+        classes when ``top_k`` exceeds their number). The ``Server-Timing`` header says how
+        long the service took (``predict;dur=<ms>``)."""
+        started = time.perf_counter()
         if len(files) > config.max_images:
             raise Refused(
                 413, "too_many_images",
@@ -207,6 +210,9 @@ def create_app(config: ServeConfig) -> FastAPI:
         if request.state.feature_log is not None:
             context = {"time": time.time(), "request": uuid.uuid4().hex}
             request.state.feature_log.submit(context, images, (probabilities, embeddings))
+        response.headers["Server-Timing"] = (
+            f"predict;dur={1000 * (time.perf_counter() - started):.1f}"
+        )
         return PredictResponse(
             model_sha256=identity.sha256,
             predictions=[
