@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--size", type=int, default=256, help="side of the synthetic JPEGs")
     sub.add_argument("--target", type=int, default=224, help="side to resize to")
     sub.add_argument("--workers", type=int, default=0, help="decoding processes (0: all)")
-    sub.add_argument("--distance", type=int, default=24, help="largest distance in bits")
+    sub.add_argument("--distance", type=int, default=32, help="largest distance in bits")
     sub.add_argument("--folder", type=Path, help="reuse/keep the synthetic JPEGs here")
     sub.add_argument("--output", type=Path, help="also write the figures to this JSON file")
     sub.set_defaults(handler=bench_near_duplicates)

@@ -147,4 +147,4 @@ def test_bench_near_duplicates_reports_ratios(tmp_path: Path) -> None:
     # At 256 bits every pair but the pixel-identical ones within one split is near.
     assert results["pairs_found"] == 24 * 23 // 2 - 3 * (8 * 7 // 2)
     ratio = results["decode_and_hash_seconds"] / results["decode_seconds"]
-    assert results["hash_overhead"] == pytest.approx(ratio, abs=0.01)  # from unrounded times
+    assert results["hash_overhead"] == pytest.approx(ratio, rel=0.05)  # from unrounded times
