@@ -23,8 +23,12 @@ def gcs() -> Iterator[object]:
 
 
 def test_bucket_prefix_becomes_an_image_folder(gcs: object, tmp_path: Path) -> None:
+    from imgpipe.video import FrameRate, iter_frames
+    from tests.video_clips import write_clip
+
     tree = write_image_folder(tmp_path / "tree", per_class=2)
     (tree / "left" / ".DS_Store").write_bytes(b"junk")
+    write_clip(tree / "right" / "visit.mp4", frames=6)  # a bucket may hold clips too
     for file in tree.rglob("*"):
         if file.is_file():
             gcs.put_file(str(file), f"imgpipe-test/xrays/{file.relative_to(tree).as_posix()}")  # type: ignore[attr-defined]
@@ -34,8 +38,11 @@ def test_bucket_prefix_becomes_an_image_folder(gcs: object, tmp_path: Path) -> N
         for p in (tmp_path / "raw").rglob("*")
         if p.is_file()
     )
-    assert files == ["left/000.png", "left/001.png", "right/000.png", "right/001.png"]
+    assert files == ["left/000.png", "left/001.png", "right/000.png", "right/001.png",
+                     "right/visit.mp4"]  # fmt: skip
     assert (tmp_path / "raw/left/000.png").read_bytes() == (tree / "left/000.png").read_bytes()
+    clip = tmp_path / "raw/right/visit.mp4"
+    assert len(list(iter_frames(clip, FrameRate(frames_per_second=0)))) == 6
 
 
 def test_empty_prefix_is_named(gcs: object, tmp_path: Path) -> None:
