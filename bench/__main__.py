@@ -189,6 +189,16 @@ def bench_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_jpeg_arguments(sub: argparse.ArgumentParser, *, workers: str) -> None:
+    """The options of the benchmarks that decode a folder of synthetic JPEGs."""
+    sub.add_argument("--images", type=int, default=20_000, help="synthetic JPEGs to decode")
+    sub.add_argument("--size", type=int, default=256, help="side of the synthetic JPEGs")
+    sub.add_argument("--target", type=int, default=224, help="side to resize to")
+    sub.add_argument("--workers", type=int, default=0, help=workers)
+    sub.add_argument("--folder", type=Path, help="reuse/keep the synthetic JPEGs here")
+    sub.add_argument("--output", type=Path, help="also write the figures to this JSON file")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench", description="imgpipe benchmarks printing ratios from one run"
@@ -198,25 +208,15 @@ def build_parser() -> argparse.ArgumentParser:
         "preprocess",
         help="decode+resize throughput, all cores vs one worker; peak memory vs array size",
     )
-    sub.add_argument("--images", type=int, default=20_000, help="synthetic JPEGs to decode")
-    sub.add_argument("--size", type=int, default=256, help="side of the synthetic JPEGs")
-    sub.add_argument("--target", type=int, default=224, help="side to resize to")
-    sub.add_argument("--workers", type=int, default=0, help="parallel run's processes (0: all)")
-    sub.add_argument("--folder", type=Path, help="reuse/keep the synthetic JPEGs here")
-    sub.add_argument("--output", type=Path, help="also write the figures to this JSON file")
+    add_jpeg_arguments(sub, workers="parallel run's processes (0: all)")
     sub.set_defaults(handler=bench_preprocess)
 
     sub = benches.add_parser(
         "near-duplicates",
         help="perceptual hashing and the all-pairs search against preprocess's decoding",
     )
-    sub.add_argument("--images", type=int, default=20_000, help="synthetic JPEGs to decode")
-    sub.add_argument("--size", type=int, default=256, help="side of the synthetic JPEGs")
-    sub.add_argument("--target", type=int, default=224, help="side to resize to")
-    sub.add_argument("--workers", type=int, default=0, help="decoding processes (0: all)")
+    add_jpeg_arguments(sub, workers="decoding processes (0: all)")
     sub.add_argument("--distance", type=int, default=32, help="largest distance in bits")
-    sub.add_argument("--folder", type=Path, help="reuse/keep the synthetic JPEGs here")
-    sub.add_argument("--output", type=Path, help="also write the figures to this JSON file")
     sub.set_defaults(handler=bench_near_duplicates)
 
     sub = benches.add_parser(

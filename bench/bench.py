@@ -80,6 +80,15 @@ def timed(action: Callable[[], Any]) -> tuple[float, int]:
     return seconds, memory.peak
 
 
+def jpeg_samples(folder: Path, count: int, size: int) -> tuple[list[str], list[Sample]]:
+    """The classes and samples of ``count`` synthetic JPEGs in ``folder`` (made when empty)."""
+    if not any(folder.glob("*/*.jpg")):
+        make_jpeg_folder(folder, count, size)
+    files = sorted(folder.glob("*/*.jpg"))[:count]
+    classes = sorted({f.parent.name for f in files})
+    return classes, [Sample(f.relative_to(folder), classes.index(f.parent.name)) for f in files]
+
+
 def bench_preprocess(
     folder: Path, out: Path, *, count: int, size: int, target: int, workers: int
 ) -> dict[str, Any]:
@@ -94,11 +103,7 @@ def bench_preprocess(
         target: side the images are resized to.
         workers: processes for the parallel run (0 = every core).
     """
-    if not any(folder.glob("*/*.jpg")):
-        make_jpeg_folder(folder, count, size)
-    files = sorted(folder.glob("*/*.jpg"))[:count]
-    classes = sorted({f.parent.name for f in files})
-    samples = [Sample(f.relative_to(folder), classes.index(f.parent.name)) for f in files]
+    classes, samples = jpeg_samples(folder, count, size)
     workers = worker_count(workers)
     results: dict[str, Any] = {"images": len(samples), "source_size": size, "target_size": target}
     for name, processes in (("one_worker", 1), ("all_workers", workers)):
@@ -140,11 +145,7 @@ def bench_near_duplicates(
 
     from imgpipe.near_duplicates import Place, near_duplicate_pairs
 
-    if not any(folder.glob("*/*.jpg")):
-        make_jpeg_folder(folder, count, size)
-    files = sorted(folder.glob("*/*.jpg"))[:count]
-    classes = sorted({f.parent.name for f in files})
-    samples = [Sample(f.relative_to(folder), classes.index(f.parent.name)) for f in files]
+    classes, samples = jpeg_samples(folder, count, size)
     workers = worker_count(workers)
     decode = partial(write_split, folder, samples, classes, image_size=target, channels=3,
                      workers=workers)  # fmt: skip
