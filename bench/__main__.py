@@ -16,8 +16,9 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from imgpipe.cli import pipeline_path
 from imgpipe.errors import ImgpipeError
@@ -28,34 +29,28 @@ DEFAULT_ONNX = pipeline_path("onnx")
 
 
 def bench_preprocess(args: argparse.Namespace) -> int:
+    from bench.bench import bench_preprocess as run
+
+    return _jpeg_bench(args, run)
+
+
+def bench_near_duplicates(args: argparse.Namespace) -> int:
+    from bench.bench import bench_near_duplicates as run
+
+    return _jpeg_bench(args, run, distance=args.distance)
+
+
+def _jpeg_bench(args: argparse.Namespace, run: Callable[..., dict[str, Any]], **extra: Any) -> int:
+    """A benchmark over a folder of synthetic JPEGs (kept in --folder, else temporary)."""
     import tempfile
 
-    from bench.bench import bench_preprocess as run
     from imgpipe.io import write_json
 
     with tempfile.TemporaryDirectory(prefix="imgpipe-bench-") as scratch:
         folder = args.folder or Path(scratch) / "jpegs"
         results = run(
             folder, Path(scratch) / "arrays",
-            count=args.images, size=args.size, target=args.target, workers=args.workers,
-        )  # fmt: skip
-    print(json.dumps(results, indent=2))
-    if args.output:
-        write_json(args.output, results)
-    return 0
-
-
-def bench_near_duplicates(args: argparse.Namespace) -> int:
-    import tempfile
-
-    from bench.bench import bench_near_duplicates as run
-    from imgpipe.io import write_json
-
-    with tempfile.TemporaryDirectory(prefix="imgpipe-bench-") as scratch:
-        folder = args.folder or Path(scratch) / "jpegs"
-        results = run(
-            folder, Path(scratch) / "arrays", count=args.images, size=args.size,
-            target=args.target, workers=args.workers, distance=args.distance,
+            count=args.images, size=args.size, target=args.target, workers=args.workers, **extra,
         )  # fmt: skip
     print(json.dumps(results, indent=2))
     if args.output:
