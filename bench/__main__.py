@@ -28,6 +28,16 @@ log = logging.getLogger("bench")
 DEFAULT_ONNX = pipeline_path("onnx")
 
 
+def emit(results: dict[str, Any], output: Path | None) -> int:
+    """Print a benchmark's figures as JSON, and keep them in ``output`` when given."""
+    from imgpipe.io import write_json
+
+    print(json.dumps(results, indent=2))
+    if output:
+        write_json(output, results)
+    return 0
+
+
 def bench_preprocess(args: argparse.Namespace) -> int:
     from bench.bench import bench_preprocess as run
 
@@ -44,18 +54,13 @@ def _jpeg_bench(args: argparse.Namespace, run: Callable[..., dict[str, Any]], **
     """A benchmark over a folder of synthetic JPEGs (kept in --folder, else temporary)."""
     import tempfile
 
-    from imgpipe.io import write_json
-
     with tempfile.TemporaryDirectory(prefix="imgpipe-bench-") as scratch:
         folder = args.folder or Path(scratch) / "jpegs"
         results = run(
             folder, Path(scratch) / "arrays",
             count=args.images, size=args.size, target=args.target, workers=args.workers, **extra,
         )  # fmt: skip
-    print(json.dumps(results, indent=2))
-    if args.output:
-        write_json(args.output, results)
-    return 0
+    return emit(results, args.output)
 
 
 def bench_serve(args: argparse.Namespace) -> int:
@@ -63,7 +68,6 @@ def bench_serve(args: argparse.Namespace) -> int:
 
     from bench.bench import bench_serve as run
     from bench.bench import export_random_model
-    from imgpipe.io import write_json
 
     with tempfile.TemporaryDirectory(prefix="imgpipe-bench-serve-") as scratch:
         model = args.model
@@ -96,10 +100,7 @@ def bench_serve(args: argparse.Namespace) -> int:
         }  # fmt: skip
     else:
         results = results["fp32"]
-    print(json.dumps(results, indent=2))
-    if args.output:
-        write_json(args.output, results)
-    return 0
+    return emit(results, args.output)
 
 
 def quantized_copy(model: Path, destination: Path) -> Path:
@@ -120,7 +121,6 @@ STRONG_RECIPE = {"augment": {"policy": "randaugment"}, "mixup": 0.2}  # the phot
 
 def bench_train(args: argparse.Namespace) -> int:
     from bench.bench import bench_train as run
-    from imgpipe.io import write_json
     from imgpipe.params import load_params
 
     p = load_params(args.params)
@@ -142,15 +142,11 @@ def bench_train(args: argparse.Namespace) -> int:
             images=args.images if name.startswith("default") else args.resnet_images,
         )  # fmt: skip
         log.info("%s: %s", name, results[name])
-    print(json.dumps(results, indent=2))
-    if args.output:
-        write_json(args.output, results)
-    return 0
+    return emit(results, args.output)
 
 
 def bench_finetune(args: argparse.Namespace) -> int:
     from bench.bench import bench_finetune as run
-    from imgpipe.io import write_json
     from imgpipe.params import load_params
 
     config = (
@@ -159,10 +155,7 @@ def bench_finetune(args: argparse.Namespace) -> int:
         .replace(model=args.architecture, batch_size=args.batch_size, warmup_epochs=0)
     )
     results = run(config, image_size=args.image_size, images=args.images)
-    print(json.dumps(results, indent=2))
-    if args.output:
-        write_json(args.output, results)
-    return 0
+    return emit(results, args.output)
 
 
 def bench_predict(args: argparse.Namespace) -> int:
@@ -170,7 +163,6 @@ def bench_predict(args: argparse.Namespace) -> int:
 
     from bench.bench import bench_predict as run
     from bench.bench import export_random_model
-    from imgpipe.io import write_json
 
     with tempfile.TemporaryDirectory(prefix="imgpipe-bench-predict-") as scratch:
         model = args.model
@@ -178,10 +170,7 @@ def bench_predict(args: argparse.Namespace) -> int:
             model = export_random_model(Path(scratch) / "model.onnx", args.architecture,
                                         args.image_size, 3)  # fmt: skip
         results = run(model, Path(scratch) / "images", count=args.images)
-    print(json.dumps(results, indent=2))
-    if args.output:
-        write_json(args.output, results)
-    return 0
+    return emit(results, args.output)
 
 
 def add_jpeg_arguments(sub: argparse.ArgumentParser, *, workers: str) -> None:
