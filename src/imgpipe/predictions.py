@@ -71,6 +71,7 @@ def predict_files(
     """One :class:`Prediction` per image file, and per selected frame (``frames``) of each
     video file, in order."""
     pending: list[Prediction | tuple[str, int | None, np.ndarray]] = []
+    decoded = 0  # images among the pending items: a batch runs when there are BATCH
 
     def flush() -> Iterator[Prediction]:
         ready = [item for item in pending if not isinstance(item, Prediction)]
@@ -89,8 +90,10 @@ def predict_files(
 
     for item in _decoded(classifier, files, policy, threads, frames or FrameRate()):
         pending.append(item)
-        if sum(not isinstance(i, Prediction) for i in pending) == BATCH:
+        decoded += not isinstance(item, Prediction)
+        if decoded == BATCH:
             yield from flush()
+            decoded = 0
     yield from flush()
 
 
