@@ -156,9 +156,8 @@ def walk_following_links(
             if is_junk(name) or not path.is_file():  # a dangling link is no file
                 continue
             files.append(path.relative_to(root))
-            if path.is_symlink() and not path.resolve().is_relative_to(top):
-                outside.append({"path": path.relative_to(root).as_posix(),
-                                "target": str(path.resolve())})  # fmt: skip
+            if path.is_symlink() and not (real := path.resolve()).is_relative_to(top):
+                outside.append({"path": path.relative_to(root).as_posix(), "target": str(real)})
     return sorted(folders), sorted(files), sorted(outside, key=lambda o: o["path"])
 
 
