@@ -14,7 +14,9 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -31,6 +33,9 @@ from imgpipe.serving.batching import MicroBatcher
 from imgpipe.serving.config import ServeConfig
 from imgpipe.splits import SplitArrays
 from tests.conftest import free_port, make_split
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:
@@ -434,16 +439,37 @@ def running_in_ci(environ: dict[str, str] | os._Environ[str] = os.environ) -> bo
     return environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
 
 
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None and not running_in_ci(),
+    reason="needs Debian's chromium (./run.sh test installs it when it can)",
+)
+
+
+@contextmanager
+def headless_chromium() -> Iterator[Browser]:
+    """Debian's chromium driven by playwright, headless and without a sandbox (containers)."""
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM, "CI must have chromium for the upload-page tests"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                  "--disable-background-networking"],
+        )  # fmt: skip
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
 def test_ci_is_parsed_not_just_present() -> None:
     assert [running_in_ci({"CI": v}) for v in ("true", "True", "1", "yes")] == [True] * 4
     assert [running_in_ci({"CI": v}) for v in ("false", "0", "", "no")] == [False] * 4
     assert running_in_ci({}) is False
 
 
-@pytest.mark.skipif(
-    CHROMIUM is None and not running_in_ci(),
-    reason="needs Debian's chromium (./run.sh test installs it when it can)",
-)
+@needs_chromium
 def test_upload_page_in_headless_chromium(
     live_server: LiveServer, test_split: SplitArrays, tmp_path: Path
 ) -> None:
@@ -454,9 +480,7 @@ def test_upload_page_in_headless_chromium(
     import base64
 
     import httpx
-    from playwright.sync_api import sync_playwright
 
-    assert CHROMIUM, "CI must have chromium for the upload-page test"
     digit = png_bytes(test_split.images[-1])
     (tmp_path / "digit.png").write_bytes(digit)
     (tmp_path / "notes.txt").write_text("not an image")
@@ -465,70 +489,60 @@ def test_upload_page_in_headless_chromium(
     model_sha = answer.json()["model_sha256"]
     artifacts = Path(os.environ.get("IMGPIPE_TEST_ARTIFACTS") or tmp_path)
     artifacts.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                  "--disable-background-networking"],
-        )  # fmt: skip
-        try:
-            page = browser.new_page(viewport={"width": 900, "height": 700})
-            script_errors: list[str] = []
-            requested: list[str] = []
-            page.on("pageerror", lambda error: script_errors.append(str(error)))
-            page.on("request", lambda request: requested.append(request.url))
-            page.goto(live_server.url + "/")
-            page.wait_for_function(
-                "document.getElementById('model').textContent.includes('classes')"
-            )
-            page.set_input_files("#files", [str(tmp_path / "digit.png"),
-                                            str(tmp_path / "notes.txt")])  # fmt: skip
-            good = page.wait_for_selector(".result[data-predicted]", timeout=15_000)
-            bad = page.wait_for_selector(".result.failed", timeout=15_000)
-            assert good is not None and bad is not None
-            assert good.get_attribute("data-predicted") == expected[0]["class"]
-            assert good.query_selector(".name").inner_text() == "digit.png"
-            rows = good.query_selector_all(".class")
-            assert [r.query_selector(".label").inner_text() for r in rows] == [
-                e["class"] for e in expected
-            ]
-            width = rows[0].query_selector(".bar").get_attribute("style")
-            assert f"width: {100 * expected[0]['probability']:.1f}%" in width
-            status = good.query_selector(".status").inner_text()
-            assert re.search(r"[\d.]+ ms on the server, \d+ ms round trip", status), status
-            assert model_sha[:12] in status
-            assert bad.query_selector(".name").inner_text() == "notes.txt"
-            assert bad.query_selector(".problem").inner_text() == (
-                "not an image in an accepted format (PNG, JPEG, GIF, BMP, TIFF, WEBP) "
-                "(content not recognised)"
-            )
-            # Drag and drop: a file dropped on the zone is classified the same way.
-            page.evaluate(
-                """(data) => {
-                    const bytes = Uint8Array.from(atob(data), c => c.charCodeAt(0));
-                    const transfer = new DataTransfer();
-                    transfer.items.add(new File([bytes], "dropped.png", {type: "image/png"}));
-                    document.getElementById("drop").dispatchEvent(
-                        new DragEvent("drop", {dataTransfer: transfer, bubbles: true,
-                                               cancelable: true}));
-                }""",
-                base64.b64encode(digit).decode(),
-            )
-            page.wait_for_function("document.querySelectorAll('.result[data-predicted]').length"
-                                   " === 2")  # fmt: skip
-            names = [n.inner_text() for n in page.query_selector_all(".result .name")]
-            assert names[0] == "dropped.png" and sorted(names) == [
-                "digit.png",
-                "dropped.png",
-                "notes.txt",
-            ]
-            page.screenshot(path=str(artifacts / "upload-page.png"), full_page=True)
-            assert (artifacts / "upload-page.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-            assert script_errors == []
-            local = (live_server.url, "blob:", "data:")
-            assert [url for url in requested if not url.startswith(local)] == []
-        finally:
-            browser.close()
+    with headless_chromium() as browser:
+        page = browser.new_page(viewport={"width": 900, "height": 700})
+        script_errors: list[str] = []
+        requested: list[str] = []
+        page.on("pageerror", lambda error: script_errors.append(str(error)))
+        page.on("request", lambda request: requested.append(request.url))
+        page.goto(live_server.url + "/")
+        page.wait_for_function("document.getElementById('model').textContent.includes('classes')")
+        page.set_input_files("#files", [str(tmp_path / "digit.png"),
+                                        str(tmp_path / "notes.txt")])  # fmt: skip
+        good = page.wait_for_selector(".result[data-predicted]", timeout=15_000)
+        bad = page.wait_for_selector(".result.failed", timeout=15_000)
+        assert good is not None and bad is not None
+        assert good.get_attribute("data-predicted") == expected[0]["class"]
+        assert good.query_selector(".name").inner_text() == "digit.png"
+        rows = good.query_selector_all(".class")
+        assert [r.query_selector(".label").inner_text() for r in rows] == [
+            e["class"] for e in expected
+        ]
+        width = rows[0].query_selector(".bar").get_attribute("style")
+        assert f"width: {100 * expected[0]['probability']:.1f}%" in width
+        status = good.query_selector(".status").inner_text()
+        assert re.search(r"[\d.]+ ms on the server, \d+ ms round trip", status), status
+        assert model_sha[:12] in status
+        assert bad.query_selector(".name").inner_text() == "notes.txt"
+        assert bad.query_selector(".problem").inner_text() == (
+            "not an image in an accepted format (PNG, JPEG, GIF, BMP, TIFF, WEBP) "
+            "(content not recognised)"
+        )
+        # Drag and drop: a file dropped on the zone is classified the same way.
+        page.evaluate(
+            """(data) => {
+                const bytes = Uint8Array.from(atob(data), c => c.charCodeAt(0));
+                const transfer = new DataTransfer();
+                transfer.items.add(new File([bytes], "dropped.png", {type: "image/png"}));
+                document.getElementById("drop").dispatchEvent(
+                    new DragEvent("drop", {dataTransfer: transfer, bubbles: true,
+                                           cancelable: true}));
+            }""",
+            base64.b64encode(digit).decode(),
+        )
+        page.wait_for_function("document.querySelectorAll('.result[data-predicted]').length"
+                               " === 2")  # fmt: skip
+        names = [n.inner_text() for n in page.query_selector_all(".result .name")]
+        assert names[0] == "dropped.png" and sorted(names) == [
+            "digit.png",
+            "dropped.png",
+            "notes.txt",
+        ]
+        page.screenshot(path=str(artifacts / "upload-page.png"), full_page=True)
+        assert (artifacts / "upload-page.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert script_errors == []
+        local = (live_server.url, "blob:", "data:")
+        assert [url for url in requested if not url.startswith(local)] == []
 
 
 def test_drift_reads_the_service_log_and_flags_inverted_traffic(
@@ -698,36 +712,24 @@ def test_the_token_comes_from_a_file_or_the_environment(
         _access_token(tmp_path / "empty")
 
 
-@pytest.mark.skipif(
-    CHROMIUM is None and not running_in_ci(),
-    reason="needs Debian's chromium (./run.sh test installs it when it can)",
-)
+@needs_chromium
 def test_the_page_asks_for_the_token_once(
     onnx_model: Path, test_split: SplitArrays, tmp_path: Path
 ) -> None:
-    from playwright.sync_api import sync_playwright
-
-    assert CHROMIUM, "CI must have chromium for the upload-page test"
     image = tmp_path / "digit.png"
     image.write_bytes(png_bytes(test_split.images[0]))
     asked: list[str] = []
     with LiveServer(ServeConfig(model=onnx_model, token="page-token")) as server, \
-            sync_playwright() as playwright:  # fmt: skip
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=["--headless=new", "--no-sandbox", "--disable-gpu"]
-        )
-        try:
-            page = browser.new_page()
-            page.on("dialog", lambda dialog: (asked.append(dialog.message),
-                                              dialog.accept("page-token")))  # fmt: skip
-            page.goto(server.url + "/")
-            # Three files at once meet three 401s and one question; the next upload reuses it.
-            for files, classified in (([image] * 3, 3), ([image], 4)):
-                page.set_input_files("#files", [str(f) for f in files])
-                page.wait_for_function(
-                    f"document.querySelectorAll('.result[data-predicted]').length === {classified}",
-                    timeout=15_000,
-                )
-            assert asked == ["This service needs an access token:"]
-        finally:
-            browser.close()
+            headless_chromium() as browser:  # fmt: skip
+        page = browser.new_page()
+        page.on("dialog", lambda dialog: (asked.append(dialog.message),
+                                          dialog.accept("page-token")))  # fmt: skip
+        page.goto(server.url + "/")
+        # Three files at once meet three 401s and one question; the next upload reuses it.
+        for files, classified in (([image] * 3, 3), ([image], 4)):
+            page.set_input_files("#files", [str(f) for f in files])
+            page.wait_for_function(
+                f"document.querySelectorAll('.result[data-predicted]').length === {classified}",
+                timeout=15_000,
+            )
+        assert asked == ["This service needs an access token:"]
