@@ -5,9 +5,10 @@
 #                                                        requirements.lock (what ./run.sh installs)
 # The service needs models/model.onnx in the build context (`dvc repro` or `dvc pull` first);
 # pass the commit it was built from to /health with --build-arg MODEL_COMMIT=$(git rev-parse HEAD).
-# CPU by default; for CUDA training:
-#   docker build --target pipeline --build-arg BASE_IMAGE=nvidia/cuda:13.0.0-cudnn-runtime-ubuntu24.04 .
-# (a CUDA base must provide python3.11 as `python`).
+# The same pipeline image trains on a GPU: torch's PyPI wheels bring their own CUDA 13 libraries,
+# and the NVIDIA Container Toolkit mounts the host's driver (580 or newer) into the container:
+#   docker run --gpus all -e IMGPIPE_REQUIRE_CUDA=1 imgpipe
+# (no CUDA base image needed; nvidia/cuda images have no Python 3.11 to build on).
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE} AS base
 

@@ -40,7 +40,7 @@ def main() -> None:
 
     config = load_params().training()
     if config.processes > 1 and "WORLD_SIZE" not in os.environ:
-        relaunch_under_torchrun(config.processes, __file__, sys.argv[1:])
+        relaunch_under_torchrun(config.processes, config.device, __file__, sys.argv[1:])
         return
     processes = start_processes(config.device)
     if processes.rank != 0:  # rank 0 reports; the others only train
@@ -50,7 +50,7 @@ def main() -> None:
         train_and_save(args, config, processes, train, val)
     finally:
         stop_processes(processes)
-    if processes.rank == 0:
+    if processes.local_rank == 0:  # each node keeps its own copy of the state
         args.state.unlink(missing_ok=True)  # finished: the next run starts afresh
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -15,6 +16,10 @@ from imgpipe.errors import ImgpipeError
 from imgpipe.inference import resolve_device
 
 log = logging.getLogger(__name__)
+
+# NCCL aborts a collective after 10 minutes by default; the other processes wait at a barrier
+# while each node's first process fills the feature cache or the first epoch compiles.
+COLLECTIVE_TIMEOUT = timedelta(hours=2)
 
 
 @dataclass(frozen=True)
@@ -35,26 +40,56 @@ def start_processes(device: str) -> Processes:
 
     torchrun sets ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``; without them this is a single
     process and nothing is initialised.
+
+    Raises:
+        ImgpipeError: a launcher set ``WORLD_SIZE`` without the other two, or this process's
+            ``LOCAL_RANK`` has no GPU of its own on this machine.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Processes()
+    missing = [name for name in ("RANK", "LOCAL_RANK") if name not in os.environ]
+    if missing:
+        raise ImgpipeError(
+            f"WORLD_SIZE is {world} but {' and '.join(missing)} is not set: start training "
+            "processes with torchrun (it sets all three), or set them the way torchrun does"
+        )
     processes = Processes(int(os.environ["RANK"]), world, int(os.environ["LOCAL_RANK"]))
     cuda = resolve_device(device).type == "cuda"
     if cuda:
+        check_gpus_for(processes.local_rank + 1)
         torch.cuda.set_device(processes.local_rank)
-    torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    torch.distributed.init_process_group(
+        "nccl" if cuda else "gloo",
+        timeout=COLLECTIVE_TIMEOUT,
+        device_id=torch.device("cuda", processes.local_rank) if cuda else None,
+    )
     return processes
 
 
-def relaunch_under_torchrun(count: int, script: str, arguments: list[str]) -> None:
+def check_gpus_for(count: int) -> None:
+    """One GPU per training process on a machine: refuse more processes than GPUs in words
+    rather than CUDA's "invalid device ordinal"."""
+    available = torch.cuda.device_count()
+    if count > available:
+        raise ImgpipeError(
+            f"{count} training processes on this machine need {count} GPUs, but torch sees "
+            f"{available}: set `processes` (or torchrun's --nproc-per-node) to at most {available}"
+        )
+
+
+def relaunch_under_torchrun(count: int, device: str, script: str, arguments: list[str]) -> None:
     """Run ``script`` again as ``count`` processes of a single-machine torchrun job and wait.
 
     Raises:
-        ImgpipeError: when a process fails (its own log says why).
+        ImgpipeError: when a process fails (its own log says why), or on CUDA when the machine
+            has fewer GPUs than ``count``.
     """
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
+
+    if resolve_device(device).type == "cuda":
+        check_gpus_for(count)
 
     log.info("starting %d training processes (torchrun, DDP)", count)
     try:
@@ -88,8 +123,8 @@ def share_buffers_of_rank_0(modules: list[nn.Module], processes: Processes) -> N
                 torch.distributed.broadcast(buffer, src=0)
 
 
-def wait_for_rank_0(processes: Processes) -> None:
-    """Every process waits here until all (rank 0 included) have arrived."""
+def wait_for_every_process(processes: Processes) -> None:
+    """Every process waits here until all have arrived (a barrier)."""
     if processes.distributed:
         torch.distributed.barrier()
 

@@ -22,15 +22,15 @@ import torch
 from tqdm import tqdm
 
 from imgpipe.config import TrainConfig
-from imgpipe.distributed import Processes, wait_for_rank_0
-from imgpipe.inference import autocast
+from imgpipe.distributed import Processes, wait_for_every_process
+from imgpipe.inference import autocast, autocast_dtype
 from imgpipe.io import atomic_path, file_sha256
 from imgpipe.model import Classifier
 from imgpipe.splits import SplitArrays
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: keyed by device type and autocast precision too
 EMBED_BATCH = 64  # images per forward pass while filling the cache
 
 
@@ -52,14 +52,19 @@ class FeatureInputs:
         return features.to(device), torch.from_numpy(self.labels[rows]).to(device)
 
 
-def cache_key(config: TrainConfig, train: SplitArrays, val: SplitArrays) -> str:
-    """Everything that shapes the cached features; the head's own settings are left out."""
+def cache_key(
+    config: TrainConfig, train: SplitArrays, val: SplitArrays, device: torch.device
+) -> str:
+    """Everything that shapes the cached features; the head's own settings are left out. The
+    device type and its autocast precision count: features computed in bf16 on a GPU (with
+    CUDA's random draws for the views) are not the CPU's, and must not be reused there."""
     weights = config.pretrained
     if isinstance(weights, str) and Path(weights).is_file():
         weights = file_sha256(Path(weights))
     shaping = {
         "format": CACHE_FORMAT, "model": config.model, "pretrained": weights,
-        "views": config.feature_views, "seed": config.seed,
+        "views": config.feature_views, "seed": config.seed, "device": device.type,
+        "precision": str(autocast_dtype(device)),
         "augment": config.augment.model_dump() if config.feature_views > 1 else None,
     }  # fmt: skip
     digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode())
@@ -82,15 +87,17 @@ def cached_features(
     processes: Processes,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Training views (``V x N x D``) and validation features (``N x D``) of ``network``'s frozen
-    backbone, from ``cache`` when it holds them, else computed (by rank 0) and stored there."""
+    backbone, from ``cache`` when it holds them, else computed and stored there by the first
+    process of each machine (nodes need not share a filesystem; where they do, the atomic
+    rename makes the second writer harmless)."""
     if cache is None:
         return _compute(network, train, val, config, augment=augment, device=device)
-    path = cache / f"{cache_key(config, train, val)}.npz"
-    if not path.is_file() and processes.rank == 0:
+    path = cache / f"{cache_key(config, train, val, device)}.npz"
+    if not path.is_file() and processes.local_rank == 0:
         views, val_features = _compute(network, train, val, config, augment=augment, device=device)
         with atomic_path(path) as temporary, temporary.open("wb") as handle:
             np.savez(handle, views=views, val=val_features)
-    wait_for_rank_0(processes)  # the other processes read what rank 0 wrote
+    wait_for_every_process(processes)  # the others read what their node's first process wrote
     log.info("frozen features from %s", path)
     with np.load(path) as stored:
         return stored["views"], stored["val"]
@@ -107,7 +114,8 @@ def _compute(
 ) -> tuple[np.ndarray, np.ndarray]:
     network.eval()
     views = [embed(network, train.images, device, description="features train")]
-    with torch.random.fork_rng(devices=[]):  # the views' draws leave training's alone
+    # The views' draws (CPU and CUDA generators) leave training's alone.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
         for view in range(2, config.feature_views + 1):
             named = f"features train view {view}/{config.feature_views}"

@@ -4,6 +4,7 @@ evaluate scores with them)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -15,20 +16,57 @@ from imgpipe.errors import ImgpipeError
 from imgpipe.model import Classifier
 from imgpipe.splits import SplitArrays
 
+# Set (to anything but 0) where a run must use a GPU, as the gpu-repro workflow does: a CUDA
+# build that cannot reach its GPU (a driver too old for the wheel's CUDA) then fails instead of
+# training on the CPU and matching CPU-made metrics.
+REQUIRE_CUDA_VARIABLE = "IMGPIPE_REQUIRE_CUDA"
+# torch's PyPI wheels are built for CUDA 13, which needs this NVIDIA driver or newer.
+MINIMUM_DRIVER = "580"
+
 
 def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    """``auto`` picks CUDA when present; asking for ``cuda`` without one is an error. On CUDA,
-    the process with ``local_rank`` n of a torchrun job takes GPU n."""
+    """``auto`` picks CUDA when present; asking for ``cuda`` without one is an error, and so
+    is any other device while ``IMGPIPE_REQUIRE_CUDA`` is set. On CUDA, the process with
+    ``local_rank`` n of a torchrun job takes GPU n."""
+    required = os.environ.get(REQUIRE_CUDA_VARIABLE, "0") not in ("", "0")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise ImgpipeError("device: 'cuda' was asked for but torch sees no CUDA device")
+        raise ImgpipeError(f"device: 'cuda' was asked for but {cuda_unavailable_reason()}")
+    if required and device != "cuda":
+        raise ImgpipeError(
+            f"{REQUIRE_CUDA_VARIABLE} is set but this run would use device {device!r}: "
+            + (cuda_unavailable_reason() if not torch.cuda.is_available() else
+               "set `device` in params.yaml to auto or cuda")
+        )  # fmt: skip
     return torch.device("cuda", local_rank) if device == "cuda" else torch.device(device)
 
 
+def cuda_unavailable_reason() -> str:
+    """Why torch sees no GPU, in the words a user can act on."""
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} was built without CUDA"
+    return (
+        f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no CUDA device: is there a "
+        f"GPU, and is its NVIDIA driver {MINIMUM_DRIVER} or newer (nvidia-smi shows it)?"
+    )
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The reduced precision a forward pass runs in: bf16 on GPUs that have it in hardware
+    (Ampere and later), fp16 on older ones (T4, V100: bf16 is emulated there and slow, and fp16
+    training needs a gradient scaler), none on the CPU (bf16 is slower on most CPUs)."""
+    if device.type != "cuda":
+        return None
+    if torch.cuda.is_bf16_supported(including_emulation=False):
+        return torch.bfloat16
+    return torch.float16
+
+
 def autocast(device: torch.device) -> Any:
-    """bf16 autocast on CUDA; full precision on CPU (bf16 is slower on most CPUs)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    """Autocast to :func:`autocast_dtype` (off on the CPU)."""
+    dtype = autocast_dtype(device)
+    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
 
 def gather_batch(

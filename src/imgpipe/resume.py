@@ -20,7 +20,7 @@ from imgpipe.splits import SplitArrays
 
 log = logging.getLogger(__name__)
 
-STATE_FORMAT = 3
+STATE_FORMAT = 4  # 4: the fp16 gradient scaler's state
 
 
 class Stateful(Protocol):
@@ -47,6 +47,7 @@ class Resumable:
     schedule: Stateful
     average: nn.Module | None  # the averaged weights, when kept
     shuffler: torch.Generator
+    scaler: Stateful  # fp16's gradient scaler (a no-op, with an empty state, otherwise)
 
 
 def state_key(fingerprint: str, train: SplitArrays, val: SplitArrays) -> str:
@@ -64,12 +65,14 @@ def state_key(fingerprint: str, train: SplitArrays, val: SplitArrays) -> str:
 def save_state(
     path: Path, key: str, progress: Progress, parts: Resumable, processes: Processes
 ) -> None:
-    """Write the state after an epoch (rank 0; every process's random generators included,
-    since each draws its own augmentation). Atomic: a kill mid-write keeps the previous one."""
+    """Write the state after an epoch, with every process's random generators (each draws its
+    own augmentation). The first process of each machine writes it, so that nodes without a
+    shared filesystem each find it when the job restarts. Atomic: a kill mid-write keeps the
+    previous one."""
     cuda_rng = torch.cuda.get_rng_state() if torch.cuda.is_available() else None
     torch_rngs = gather_from_processes(torch.get_rng_state(), processes)
     cuda_rngs = gather_from_processes(cuda_rng, processes)
-    if processes.rank != 0:
+    if processes.local_rank != 0:
         return
     state = {
         "format": STATE_FORMAT,
@@ -83,6 +86,7 @@ def save_state(
         "schedule": parts.schedule.state_dict(),
         "average": parts.average.state_dict() if parts.average is not None else None,
         "shuffler": parts.shuffler.get_state(),
+        "scaler": parts.scaler.state_dict(),
         "torch_rng": torch_rngs,
         "cuda_rng": cuda_rngs,
     }
@@ -90,10 +94,19 @@ def save_state(
         torch.save(state, temporary)
 
 
-def resume(path: Path | None, key: str, parts: Resumable, rank: int) -> Progress:
+def resume(path: Path | None, key: str, parts: Resumable, processes: Processes) -> Progress:
     """Restore ``parts`` from the state at ``path`` when it belongs to this run (same ``key``);
-    otherwise leave them as they are and start from nothing."""
+    otherwise leave them as they are and start from nothing. Every process of a job reads its
+    own machine's copy; unless all found the same epoch (a node's disk was replaced, say),
+    all start afresh: a process continuing alone would wait forever for the others."""
     state = _load(path, key) if path is not None else None
+    epochs = gather_from_processes(state["epoch"] if state else 0, processes)
+    if len(set(epochs)) > 1:
+        log.warning(
+            "the training processes found different saved states (epochs %s by rank): "
+            "starting afresh on all", epochs,
+        )  # fmt: skip
+        return Progress()
     if state is None:
         return Progress()
     parts.model.load_state_dict(state["model"])
@@ -102,6 +115,8 @@ def resume(path: Path | None, key: str, parts: Resumable, rank: int) -> Progress
     if parts.average is not None:
         parts.average.load_state_dict(state["average"])
     parts.shuffler.set_state(state["shuffler"])
+    parts.scaler.load_state_dict(state["scaler"])
+    rank = processes.rank
     torch.set_rng_state(state["torch_rng"][rank])  # augmentation draws differ per process
     if state["cuda_rng"][rank] is not None:
         torch.cuda.set_rng_state(state["cuda_rng"][rank])

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +38,7 @@ from imgpipe.errors import ImgpipeError
 from imgpipe.head import FeatureInputs, cached_features, head_probabilities
 from imgpipe.inference import (
     autocast,
+    autocast_dtype,
     gather_batch,
     loss_and_accuracy,
     predict_split,
@@ -119,6 +120,12 @@ def open_live(folder: Path) -> Any:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed every generator and ask for deterministic kernels. On the CPU that makes a run
+    bit-identical; on CUDA, cuBLAS is deterministic only with a fixed workspace (set here,
+    before the first matrix product creates it), and a few ops used (adaptive pooling's
+    backward, kornia's histograms) have no deterministic CUDA kernel, hence ``warn_only``:
+    GPU reruns agree within the reproduction tolerance, not bit for bit."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.manual_seed(seed)
     np.random.seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -155,7 +162,7 @@ def train_classifier(
     processes = processes or Processes()
     trainer = build_trainer(config, train, val, processes, feature_cache)
     key = state_key(config.fingerprint(), train, val)
-    progress = resume(state_path, key, trainer.resumable(), processes.rank)
+    progress = resume(state_path, key, trainer.resumable(), processes)
     if metric_logger is not None:
         for record in progress.history:  # the curves the interrupted run had logged
             log_epoch(metric_logger, record)
@@ -211,6 +218,7 @@ class Trainer:
     class_weights: torch.Tensor  # 1 / class frequency (class_balance: sampler draws by them)
     loss_weights: torch.Tensor | None  # the same on the device (class_balance: loss)
     shuffler: torch.Generator
+    scaler: torch.amp.GradScaler  # fp16 on GPUs without bf16; disabled (a no-op) otherwise
     forward: Callable[[torch.Tensor], Any] = field(init=False)  # model, or its DDP wrapper
     frozen: frozenset[str] | None = field(default=None, init=False)
 
@@ -220,7 +228,9 @@ class Trainer:
 
     def resumable(self) -> Resumable:
         average = self.average.module if self.average is not None else None
-        return Resumable(self.model, self.optimizer, self.schedule, average, self.shuffler)
+        return Resumable(
+            self.model, self.optimizer, self.schedule, average, self.shuffler, self.scaler
+        )
 
     def set_trainable(self, epoch: int) -> None:
         """Freeze what ``freeze`` (and, during the first ``freeze_epochs``, the whole backbone)
@@ -289,7 +299,7 @@ def build_trainer(
         model.net if isinstance(model, Classifier) else model, config.optimizer, config.lr,
         config.weight_decay, config.layer_decay if config.finetune == "full" else 0.0,
     )  # fmt: skip
-    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    steps_per_epoch = len(global_batches(np.arange(len(train)), config.batch_size, processes))
     schedule = Schedule(
         config.schedule, optimizer, config.lr, config.epochs * steps_per_epoch,
         round(config.warmup_epochs * steps_per_epoch),
@@ -301,6 +311,7 @@ def build_trainer(
         build_mixing(config.mixup, config.cutmix, classes), weights,
         weights.to(device) if config.class_balance == "loss" else None,
         torch.Generator().manual_seed(config.seed),
+        torch.amp.GradScaler(device.type, enabled=autocast_dtype(device) == torch.float16),
     )  # fmt: skip
 
 
@@ -312,13 +323,26 @@ def train_one_epoch(trainer: Trainer, progress: Progress) -> tuple[float, int]:
     hold_frozen_norms(trainer.model)
     order = epoch_order(inputs.labels, trainer.class_weights, config.class_balance == "sampler",
                         trainer.shuffler)  # fmt: skip
+    batches = global_batches(order, config.batch_size, processes)
     loss_sum, seen = 0.0, 0
-    for start in range(0, len(order), config.batch_size):
+    for batch in batches:
         # This process's share of the global batch; sorted: sequential memmap reads.
-        rows = np.sort(order[start : start + config.batch_size][processes.rank :: processes.world])
+        rows = np.sort(batch[processes.rank :: processes.world])
         loss_sum += train_step(trainer, rows, progress) * len(rows)
         seen += len(rows)
-    return sum_over_processes(loss_sum, processes, trainer.device) / len(order), seen
+    trained = sum(len(batch) for batch in batches)
+    return sum_over_processes(loss_sum, processes, trainer.device) / trained, seen
+
+
+def global_batches(order: np.ndarray, batch_size: int, processes: Processes) -> list[np.ndarray]:
+    """The epoch's optimiser steps: ``order`` cut into ``batch_size`` batches, each shared out
+    over the processes. A last batch too small to give every process two images is dropped
+    (unless it is the only one): a process with none would divide by zero while the others
+    wait in all-reduce, and batch norm cannot train on one image."""
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    if len(batches) > 1 and len(batches[-1]) < 2 * processes.world:
+        batches.pop()
+    return batches
 
 
 def train_step(trainer: Trainer, rows: np.ndarray, progress: Progress) -> float:
@@ -344,11 +368,13 @@ def train_step(trainer: Trainer, rows: np.ndarray, progress: Progress) -> float:
                     trainer.forward(inputs), targets, weight=trainer.loss_weights,
                     label_smoothing=config.label_smoothing,
                 )  # fmt: skip
-            (loss * len(part) / len(rows)).backward()  # type: ignore[no-untyped-call]
+            trainer.scaler.scale(loss * len(part) / len(rows)).backward()  # type: ignore[no-untyped-call]
         total += float(loss.item()) * len(part)
     if config.grad_clip > 0:
+        trainer.scaler.unscale_(trainer.optimizer)  # clip the true gradients
         torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), config.grad_clip)
-    trainer.optimizer.step()
+    trainer.scaler.step(trainer.optimizer)  # skipped when fp16 gradients overflowed
+    trainer.scaler.update()
     progress.step += 1
     trainer.schedule.step(progress.step)
     if trainer.average is not None:
