@@ -11,12 +11,16 @@ from collections.abc import Iterator
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
 from imgpipe.archives import ArchiveError, extract
 from imgpipe.data import FetchOptions, fetch
 from tests.conftest import write_image_folder
+
+# The tar modes these tests write with (tarfile types its modes as literals).
+TarWriteMode = Literal["w", "w:gz", "w:bz2", "w:xz"]
 
 
 class FlakyHandler(SimpleHTTPRequestHandler):
@@ -55,7 +59,7 @@ def make_zip(path: Path, tree: Path, prefix: str = "dataset/") -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def tar_with(path: Path, mode: str, members: list[tuple[tarfile.TarInfo, bytes]]) -> None:
+def tar_with(path: Path, mode: TarWriteMode, members: list[tuple[tarfile.TarInfo, bytes]]) -> None:
     with tarfile.open(path, mode) as tar:
         for info, data in members:
             info.size = len(data)
@@ -88,7 +92,7 @@ def test_retries_a_transient_error(server: tuple[str, Path], tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize("mode", ["w", "w:gz", "w:bz2", "w:xz"])
-def test_tar_flavours(server: tuple[str, Path], tmp_path: Path, mode: str) -> None:
+def test_tar_flavours(server: tuple[str, Path], tmp_path: Path, mode: TarWriteMode) -> None:
     url, root = server
     tree = write_image_folder(tmp_path / "tree", per_class=1)
     name = f"set.{mode.replace('w:', 'tar.').replace('w', 'tar')}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -40,7 +41,7 @@ def setup(
     return root, root / "model.onnx", root / "reference.parquet"
 
 
-def run(setup: tuple[Path, Path, Path], current: Path, out: str) -> tuple[int, dict]:
+def run(setup: tuple[Path, Path, Path], current: Path, out: str) -> tuple[int, dict[str, Any]]:
     root, model, reference = setup
     code = main(["drift", "--current", str(current), "--reference", str(reference),
                  "--model", str(model), "--out", str(root / out)])  # fmt: skip

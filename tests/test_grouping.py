@@ -11,6 +11,7 @@ from PIL import Image
 from imgpipe.params import ParamsError, parse_params
 from imgpipe.preprocess import (
     PreprocessError,
+    Sample,
     assign_splits,
     data_report,
     list_samples,
@@ -34,7 +35,7 @@ def patient_folder(root: Path, patients: int = 30, seed: int = 0) -> Path:
     return root
 
 
-def groups_of(samples: list) -> set[str]:
+def groups_of(samples: list[Sample]) -> set[str]:
     return {s.group for s in samples}
 
 

@@ -7,6 +7,7 @@ import ast
 import re
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -72,8 +73,11 @@ def closure(start: Path, skip: set[str] = frozenset()) -> set[str]:  # type: ign
     return seen - skip
 
 
-def dvc_stages() -> dict[str, dict]:
-    return yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+def dvc_stages() -> dict[str, dict[str, Any]]:
+    stages: dict[str, dict[str, Any]] = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())[
+        "stages"
+    ]
+    return stages
 
 
 @pytest.mark.parametrize("stage", sorted(dvc_stages()))

@@ -67,7 +67,9 @@ def test_local_weights_file_is_loaded_with_channels_and_head_adapted(tmp_path: P
         first = next(k for k in state if k.endswith("weight") and state[k].dim() == 4)
         # RGB filters summed into one grey channel, as timm adapts them
         assert torch.allclose(loaded[first], state[first].sum(1, keepdim=True))
-        assert net.get_classifier().out_features == 10
+        assert isinstance(net, timm.models.ResNet)  # test_resnet is a timm ResNet
+        classifier = net.get_classifier()
+        assert isinstance(classifier, torch.nn.Linear) and classifier.out_features == 10
 
 
 def test_missing_or_mismatched_weights_file_is_named(tmp_path: Path) -> None:

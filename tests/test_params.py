@@ -9,7 +9,8 @@ from tests.conftest import REPO_ROOT
 
 
 def committed() -> dict[str, Any]:
-    return yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params: dict[str, Any] = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    return params
 
 
 def test_committed_params_are_valid() -> None:

@@ -27,7 +27,10 @@ def dvc(repo: Path, *args: str) -> str:
 
 
 def project_artifacts() -> dict[str, dict[str, object]]:
-    return yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["artifacts"]
+    artifacts: dict[str, dict[str, object]] = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())[
+        "artifacts"
+    ]
+    return artifacts
 
 
 def test_the_artifacts_are_the_pipelines_models() -> None:

@@ -35,7 +35,7 @@ from imgpipe.splits import SplitArrays
 from tests.conftest import free_port, make_split
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser
+    from playwright.sync_api import Browser, Dialog, ElementHandle
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:
@@ -445,6 +445,16 @@ needs_chromium = pytest.mark.skipif(
 )
 
 
+def element(parent: ElementHandle, selector: str) -> ElementHandle:
+    found = parent.query_selector(selector)
+    assert found is not None, f"no {selector} in the page's result card"
+    return found
+
+
+def text_of(parent: ElementHandle, selector: str) -> str:
+    return element(parent, selector).inner_text()
+
+
 @contextmanager
 def headless_chromium() -> Iterator[Browser]:
     """Debian's chromium driven by playwright, headless and without a sandbox (containers)."""
@@ -503,18 +513,16 @@ def test_upload_page_in_headless_chromium(
         bad = page.wait_for_selector(".result.failed", timeout=15_000)
         assert good is not None and bad is not None
         assert good.get_attribute("data-predicted") == expected[0]["class"]
-        assert good.query_selector(".name").inner_text() == "digit.png"
+        assert text_of(good, ".name") == "digit.png"
         rows = good.query_selector_all(".class")
-        assert [r.query_selector(".label").inner_text() for r in rows] == [
-            e["class"] for e in expected
-        ]
-        width = rows[0].query_selector(".bar").get_attribute("style")
-        assert f"width: {100 * expected[0]['probability']:.1f}%" in width
-        status = good.query_selector(".status").inner_text()
+        assert [text_of(r, ".label") for r in rows] == [e["class"] for e in expected]
+        width = element(rows[0], ".bar").get_attribute("style")
+        assert width is not None and f"width: {100 * expected[0]['probability']:.1f}%" in width
+        status = text_of(good, ".status")
         assert re.search(r"[\d.]+ ms on the server, \d+ ms round trip", status), status
         assert model_sha[:12] in status
-        assert bad.query_selector(".name").inner_text() == "notes.txt"
-        assert bad.query_selector(".problem").inner_text() == (
+        assert text_of(bad, ".name") == "notes.txt"
+        assert text_of(bad, ".problem") == (
             "not an image in an accepted format (PNG, JPEG, GIF, BMP, TIFF, WEBP) "
             "(content not recognised)"
         )
@@ -722,8 +730,12 @@ def test_the_page_asks_for_the_token_once(
     with LiveServer(ServeConfig(model=onnx_model, token="page-token")) as server, \
             headless_chromium() as browser:  # fmt: skip
         page = browser.new_page()
-        page.on("dialog", lambda dialog: (asked.append(dialog.message),
-                                          dialog.accept("page-token")))  # fmt: skip
+
+        def answer(dialog: Dialog) -> None:
+            asked.append(dialog.message)
+            dialog.accept("page-token")
+
+        page.on("dialog", answer)
         page.goto(server.url + "/")
         # Three files at once meet three 401s and one question; the next upload reuses it.
         for files, classified in (([image] * 3, 3), ([image], 4)):

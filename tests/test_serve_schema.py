@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from schemathesis.core.result import Ok
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from imgpipe.serving.config import ServeConfig
@@ -32,13 +34,16 @@ def test_no_server_errors_and_responses_match_the_schema(live: tuple[str, str | 
     # The operations are driven here rather than by schemathesis' pytest plugin, which this
     # pytest version breaks ('Function' object has no attribute '_nodeid').
     schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
-    operations = [result.ok() for result in schema.get_all_operations()]
+    operations = []
+    for result in schema.get_all_operations():
+        assert isinstance(result, Ok), result.err()
+        operations.append(result.ok())
     assert {op.path for op in operations} >= {"/predict", "/health", "/metrics"}
     for operation in operations:
 
         @given(case=operation.as_strategy())
         @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
-        def check(case: schemathesis.Case) -> None:
+        def check(case: schemathesis.Case[Any]) -> None:
             # Every check but positive_data_acceptance: the schema says "binary", and random
             # bytes are rightly refused as "not an image" (415).
             case.call_and_validate(headers=headers, excluded_checks=[positive_data_acceptance])

@@ -87,11 +87,12 @@ def test_preprocess_cuts_clips_into_frames_that_never_straddle_splits(
         for row, file in enumerate(arrays.files):
             if ".mp4/" not in file:
                 continue
-            clip, frame = file.split(".mp4/")
-            clip_of.setdefault(clip, set()).add(split)
-            index = int(frame.removeprefix("frame_").removesuffix(".png"))
+            clip_name, frame_name = file.split(".mp4/")
+            clip_of.setdefault(clip_name, set()).add(split)
+            index = int(frame_name.removeprefix("frame_").removesuffix(".png"))
             assert index in (0, 5, 10)
-            label, number = ("left", "right").index(clip.split("/")[0]), int(clip[-2:])
+            label = ("left", "right").index(clip_name.split("/")[0])
+            number = int(clip_name[-2:])
             colour = frame_colour(index, seed=100 * label + number)
             assert np.abs(arrays.images[row].reshape(-1, 3).mean(0) - colour).max() < 4
     assert len(clip_of) == 24 and all(len(splits) == 1 for splits in clip_of.values())
