@@ -22,7 +22,7 @@ from typing import Any
 
 from imgpipe.cli import pipeline_path
 from imgpipe.errors import ImgpipeError
-from imgpipe.runner import configure_logging
+from imgpipe.stage import configure_logging
 
 log = logging.getLogger("bench")
 DEFAULT_ONNX = pipeline_path("onnx")
@@ -57,9 +57,14 @@ def _jpeg_bench(args: argparse.Namespace, run: Callable[..., dict[str, Any]], **
     with tempfile.TemporaryDirectory(prefix="imgpipe-bench-") as scratch:
         folder = args.folder or Path(scratch) / "jpegs"
         results = run(
-            folder, Path(scratch) / "arrays",
-            count=args.images, size=args.size, target=args.target, workers=args.workers, **extra,
-        )  # fmt: skip
+            folder,
+            Path(scratch) / "arrays",
+            count=args.images,
+            size=args.size,
+            target=args.target,
+            workers=args.workers,
+            **extra,
+        )
     return emit(results, args.output)
 
 
@@ -93,11 +98,17 @@ def bench_serve(args: argparse.Namespace) -> int:
     if args.int8:
         fp32, int8 = results["fp32"], results["int8"]
         results["int8_over_fp32"] = {
-            "onnxruntime_batch": round(int8["onnxruntime_batch"]["images_per_second"]
-                                       / fp32["onnxruntime_batch"]["images_per_second"], 2),
-            "served_at_highest_concurrency": round(int8["levels"][-1]["requests_per_second"]
-                                                   / fp32["levels"][-1]["requests_per_second"], 2),
-        }  # fmt: skip
+            "onnxruntime_batch": round(
+                int8["onnxruntime_batch"]["images_per_second"]
+                / fp32["onnxruntime_batch"]["images_per_second"],
+                2,
+            ),
+            "served_at_highest_concurrency": round(
+                int8["levels"][-1]["requests_per_second"]
+                / fp32["levels"][-1]["requests_per_second"],
+                2,
+            ),
+        }
     else:
         results = results["fp32"]
     return emit(results, args.output)
@@ -107,8 +118,8 @@ def quantized_copy(model: Path, destination: Path) -> Path:
     """``model`` in int8, calibrated on 256 random images of its input size."""
     import numpy as np
 
-    from imgpipe.quantize import quantize_int8
-    from imgpipe.runtime import OnnxClassifier
+    from imgpipe.export.quantize import quantize_int8
+    from imgpipe.runtime.onnx_model import OnnxClassifier
 
     classifier = OnnxClassifier(model)
     shape = (256, classifier.image_size, classifier.image_size, classifier.channels)
@@ -126,21 +137,30 @@ def bench_train(args: argparse.Namespace) -> int:
     p = load_params(args.params)
     configurations = {
         "default": (p.model, p.preprocess.image_size, p.preprocess.channels, p.batch_size, {}),
-        "default+randaugment+mixup": (p.model, p.preprocess.image_size, p.preprocess.channels,
-                                      p.batch_size, STRONG_RECIPE),
+        "default+randaugment+mixup": (
+            p.model,
+            p.preprocess.image_size,
+            p.preprocess.channels,
+            p.batch_size,
+            STRONG_RECIPE,
+        ),
         "resnet18": ("resnet18", 224, 3, args.resnet_batch_size, {}),
         "resnet18+randaugment+mixup": ("resnet18", 224, 3, args.resnet_batch_size, STRONG_RECIPE),
-    }  # fmt: skip
+    }
     results = {}
     for name, (architecture, size, channels, batch_size, recipe) in configurations.items():
         if args.only and name not in args.only:
             continue
-        config = p.training().replace(model=architecture, batch_size=batch_size,
-                                      epochs=args.epochs, warmup_epochs=0, **recipe)  # fmt: skip
+        config = p.training().replace(
+            model=architecture, batch_size=batch_size, epochs=args.epochs, warmup_epochs=0, **recipe
+        )
         results[name] = run(
-            config, image_size=size, channels=channels, rounds=args.rounds,
+            config,
+            image_size=size,
+            channels=channels,
+            rounds=args.rounds,
             images=args.images if name.startswith("default") else args.resnet_images,
-        )  # fmt: skip
+        )
         log.info("%s: %s", name, results[name])
     return emit(results, args.output)
 
@@ -167,8 +187,9 @@ def bench_predict(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="imgpipe-bench-predict-") as scratch:
         model = args.model
         if args.architecture:
-            model = export_random_model(Path(scratch) / "model.onnx", args.architecture,
-                                        args.image_size, 3)  # fmt: skip
+            model = export_random_model(
+                Path(scratch) / "model.onnx", args.architecture, args.image_size, 3
+            )
         results = run(model, Path(scratch) / "images", count=args.images)
     return emit(results, args.output)
 
@@ -208,19 +229,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="train-stage images/s over a bare PyTorch loop (same model, batch, threads), for "
         "the params.yaml model and for resnet18 at 3x224x224, on synthetic data",
     )
-    sub.add_argument("--params", type=Path, default=Path("params.yaml"),
-                     help="model, batch size, augmentation and EMA of the default run")  # fmt: skip
-    sub.add_argument("--images", type=int, default=3500,
-                     help="training images, default model (the pipeline's split)")  # fmt: skip
+    sub.add_argument(
+        "--params",
+        type=Path,
+        default=Path("params.yaml"),
+        help="model, batch size, augmentation and EMA of the default run",
+    )
+    sub.add_argument(
+        "--images",
+        type=int,
+        default=3500,
+        help="training images, default model (the pipeline's split)",
+    )
     sub.add_argument("--resnet-images", type=int, default=128, help="training images, resnet18")
     sub.add_argument("--resnet-batch-size", type=int, default=32, help="batch size, resnet18")
     sub.add_argument("--epochs", type=int, default=2, help="epochs of each loop per round")
-    sub.add_argument("--rounds", type=int, default=7,
-                     help="interleaved rounds of bare loop and stage; median")  # fmt: skip
-    sub.add_argument("--only", action="append",
-                     choices=["default", "default+randaugment+mixup", "resnet18",
-                              "resnet18+randaugment+mixup"],
-                     help="run one configuration only (repeatable)")  # fmt: skip
+    sub.add_argument(
+        "--rounds", type=int, default=7, help="interleaved rounds of bare loop and stage; median"
+    )
+    sub.add_argument(
+        "--only",
+        action="append",
+        choices=["default", "default+randaugment+mixup", "resnet18", "resnet18+randaugment+mixup"],
+        help="run one configuration only (repeatable)",
+    )
     sub.add_argument("--output", type=Path, help="also write the figures to this JSON file")
     sub.set_defaults(handler=bench_train)
 
@@ -229,8 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="finetune: head against full fine-tuning: seconds per epoch once the feature cache "
         "exists, and the one-off cost of building it (resnet18 at 224 by default)",
     )
-    sub.add_argument("--params", type=Path, default=Path("params.yaml"),
-                     help="the training settings both runs share")  # fmt: skip
+    sub.add_argument(
+        "--params",
+        type=Path,
+        default=Path("params.yaml"),
+        help="the training settings both runs share",
+    )
     sub.add_argument("--architecture", default="resnet18", help="timm model")
     sub.add_argument("--image-size", type=int, default=224, help="input side (RGB)")
     sub.add_argument("--images", type=int, default=256, help="training images")
@@ -255,20 +291,34 @@ def build_parser() -> argparse.ArgumentParser:
         "concurrency, and served req/s over onnxruntime's batch images/s",
     )
     sub.add_argument("--model", type=Path, default=DEFAULT_ONNX, help="ONNX file")
-    sub.add_argument("--architecture",
-                     help="bench a randomly initialised timm model of this name instead of "
-                     "--model (e.g. resnet18)")  # fmt: skip
+    sub.add_argument(
+        "--architecture",
+        help="bench a randomly initialised timm model of this name instead of "
+        "--model (e.g. resnet18)",
+    )
     sub.add_argument("--image-size", type=int, default=224, help="input side, with --architecture")
     sub.add_argument("--channels", type=int, default=3, help="input channels, with --architecture")
-    sub.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32],
-                     help="concurrent clients, one level each")  # fmt: skip
+    sub.add_argument(
+        "--concurrency",
+        type=int,
+        nargs="+",
+        default=[1, 8, 32],
+        help="concurrent clients, one level each",
+    )
     sub.add_argument("--requests", type=int, default=2000, help="one-image requests per level")
-    sub.add_argument("--max-batch", type=int, default=64,
-                     help="service batch limit, and the onnxruntime baseline's batch")  # fmt: skip
+    sub.add_argument(
+        "--max-batch",
+        type=int,
+        default=64,
+        help="service batch limit, and the onnxruntime baseline's batch",
+    )
     sub.add_argument("--batch-window-ms", type=float, default=2.0, help="service batching window")
     sub.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: all cores)")
-    sub.add_argument("--int8", action="store_true",
-                     help="also serve the model quantised to int8, in the same run")  # fmt: skip
+    sub.add_argument(
+        "--int8",
+        action="store_true",
+        help="also serve the model quantised to int8, in the same run",
+    )
     sub.add_argument("--output", type=Path, help="also write the figures to this JSON file")
     sub.set_defaults(handler=bench_serve)
     return parser

@@ -22,9 +22,9 @@ import psutil
 from PIL import Image
 from tqdm import tqdm
 
-from imgpipe.config import TrainConfig
+from imgpipe.data.preprocess import Sample, worker_count, write_split
 from imgpipe.errors import ImgpipeError
-from imgpipe.preprocess import Sample, worker_count, write_split
+from imgpipe.training.settings import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +108,15 @@ def bench_preprocess(
     results: dict[str, Any] = {"images": len(samples), "source_size": size, "target_size": target}
     for name, processes in (("one_worker", 1), ("all_workers", workers)):
         run = partial(
-            write_split, folder, samples, classes, out / name,
-            image_size=target, channels=3, workers=processes,
-        )  # fmt: skip
+            write_split,
+            folder,
+            samples,
+            classes,
+            out / name,
+            image_size=target,
+            channels=3,
+            workers=processes,
+        )
         seconds, peak = timed(run)
         array_bytes = (out / name / "images.npy").stat().st_size
         results[name] = {
@@ -143,14 +149,15 @@ def bench_near_duplicates(
     """
     from unittest import mock
 
-    from imgpipe.near_duplicates import Place, near_duplicate_pairs
+    from imgpipe.data.near_duplicates import Place, near_duplicate_pairs
 
     classes, samples = jpeg_samples(folder, count, size)
     workers = worker_count(workers)
-    decode = partial(write_split, folder, samples, classes, image_size=target, channels=3,
-                     workers=workers)  # fmt: skip
+    decode = partial(
+        write_split, folder, samples, classes, image_size=target, channels=3, workers=workers
+    )
     # The workers are forked, so the patched hash reaches them too.
-    with mock.patch("imgpipe.preprocess.perceptual_hash", lambda pixels: "00" * 32):
+    with mock.patch("imgpipe.data.preprocess.perceptual_hash", lambda pixels: "00" * 32):
         bare, _ = timed(lambda: decode(out / "bare"))
     started = time.perf_counter()
     outcome = decode(out / "hashed")
@@ -162,7 +169,9 @@ def bench_near_duplicates(
     pairs = near_duplicate_pairs(hashes, places, distance)
     search = time.perf_counter() - started
     results: dict[str, Any] = {
-        "images": len(hashes), "target_size": target, "workers": workers,
+        "images": len(hashes),
+        "target_size": target,
+        "workers": workers,
         "max_distance_bits": distance,
         "decode_seconds": round(bare, 3),
         "decode_and_hash_seconds": round(hashed, 3),
@@ -170,7 +179,7 @@ def bench_near_duplicates(
         "search_seconds": round(search, 3),
         "search_over_decode": round(search / bare, 3),
         "pairs_found": len(pairs),
-    }  # fmt: skip
+    }
     log.info("%s", results)
     return results
 
@@ -182,8 +191,8 @@ def export_random_model(
     models the pipeline has not trained (throughput does not depend on the weights)."""
     import torch
 
-    from imgpipe.export import export_onnx
-    from imgpipe.model import Classifier, ModelMeta, create_network
+    from imgpipe.export.onnx import export_onnx
+    from imgpipe.training.model import Classifier, ModelMeta, create_network
 
     torch.manual_seed(0)
     net = create_network(architecture, num_classes=classes, channels=channels)
@@ -214,7 +223,7 @@ def bench_serve(
     feature log on) and is sent one-image PNG requests by ``c`` concurrent clients for each
     ``c`` in ``concurrency``.
     """
-    from imgpipe.runtime import OnnxClassifier
+    from imgpipe.runtime.onnx_model import OnnxClassifier
 
     classifier = OnnxClassifier(model, threads=threads)
     size, channels = classifier.image_size, classifier.channels
@@ -230,12 +239,26 @@ def bench_serve(
         "levels": [],
     }
     command = [
-        sys.executable, "-m", "imgpipe.cli", "serve", "--model", str(model),
-        "--port", str(port := _free_port()), "--max-batch", str(max_batch),
-        "--batch-window-ms", str(batch_window_ms), "--threads", str(threads),
-        "--feature-log", str(log_dir / "requests.jsonl"), "--no-access-log",
-        "--log-level", "warning",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "imgpipe.cli",
+        "serve",
+        "--model",
+        str(model),
+        "--port",
+        str(port := _free_port()),
+        "--max-batch",
+        str(max_batch),
+        "--batch-window-ms",
+        str(batch_window_ms),
+        "--threads",
+        str(threads),
+        "--feature-log",
+        str(log_dir / "requests.jsonl"),
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
     with subprocess.Popen(command) as server:
         try:
             url = f"http://127.0.0.1:{port}"
@@ -312,9 +335,11 @@ async def _load(url: str, payloads: list[bytes], clients: int, requests: int) ->
             for sent in range(count):
                 form = aiohttp.FormData()
                 form.add_field(
-                    "files", payloads[(index + sent) % len(payloads)],
-                    filename="bench.png", content_type="image/png",
-                )  # fmt: skip
+                    "files",
+                    payloads[(index + sent) % len(payloads)],
+                    filename="bench.png",
+                    content_type="image/png",
+                )
                 started = time.perf_counter()
                 try:
                     async with http.post("/predict", data=form) as response:
@@ -354,12 +379,12 @@ def bench_train(
 ) -> dict[str, Any]:
     """The train stage's throughput against a bare PyTorch loop, same model/batch/threads.
 
-    Both train a randomly initialised ``config.model`` on the same synthetic uint8 images on the
-    CPU for ``config.epochs``. The bare loop is forward, cross-entropy, backward, AdamW step over
-    tensors already in memory; the stage's loop (:func:`~imgpipe.train.train_classifier` with
-    ``config``) also gathers batches from the arrays, augments every image, keeps the weight
-    average, steps the schedule and validates after each epoch (on a split a tenth the size of
-    the training one, as in the default pipeline).
+    Both train a randomly initialised ``config.model`` on the same synthetic uint8 images on the CPU
+    for ``config.epochs``. The bare loop is forward, cross-entropy, backward, AdamW step over
+    tensors already in memory; the stage's loop (:func:`~imgpipe.training.loop.train_classifier`
+    with ``config``) also gathers batches from the arrays, augments every image, keeps the weight
+    average, steps the schedule and validates after each epoch (on a split a tenth the size of the
+    training one, as in the default pipeline).
 
     The bare loop trains on the images augmented once beforehand (untimed): CPU convolution
     speed depends on the pixel values (uniform noise trained ~30% faster than the same noise
@@ -369,13 +394,14 @@ def bench_train(
     import torch
     import torch.nn.functional as F  # noqa: N812
 
-    from imgpipe.augment import build_augmentation
-    from imgpipe.model import Classifier, create_network
-    from imgpipe.splits import SplitArrays
-    from imgpipe.train import train_classifier
+    from imgpipe.data.splits import SplitArrays
+    from imgpipe.training.augment import build_augmentation
+    from imgpipe.training.loop import train_classifier
+    from imgpipe.training.model import Classifier, create_network
 
-    config = config.replace(device="cpu", processes=1, compile=False, early_stopping=0,
-                            pretrained=False)  # fmt: skip
+    config = config.replace(
+        device="cpu", processes=1, compile=False, early_stopping=0, pretrained=False
+    )
     architecture, epochs, batch_size = config.model, config.epochs, config.batch_size
     rng = np.random.default_rng(0)
 
@@ -387,15 +413,20 @@ def bench_train(
 
     train, val = split(images), split(max(1, images // 10))
     results: dict[str, Any] = {
-        "architecture": architecture, "input": [channels, image_size, image_size],
-        "images": images, "epochs": epochs, "batch_size": batch_size, "rounds": rounds,
+        "architecture": architecture,
+        "input": [channels, image_size, image_size],
+        "images": images,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "rounds": rounds,
         "threads": torch.get_num_threads(),
-    }  # fmt: skip
+    }
 
     def bare_loop() -> float:
         torch.manual_seed(0)
-        model = Classifier(create_network(architecture, classes, channels), [0.5] * channels,
-                           [0.25] * channels).train()  # fmt: skip
+        model = Classifier(
+            create_network(architecture, classes, channels), [0.5] * channels, [0.25] * channels
+        ).train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
         tensors = torch.from_numpy(train.images).permute(0, 3, 1, 2).contiguous()
         augment = build_augmentation(config.augment, channels)
@@ -405,8 +436,9 @@ def bench_train(
         started = time.perf_counter()
         for _ in range(epochs):
             for start in range(0, images, batch_size):
-                loss = F.cross_entropy(model(tensors[start : start + batch_size]),
-                                       targets[start : start + batch_size])  # fmt: skip
+                loss = F.cross_entropy(
+                    model(tensors[start : start + batch_size]), targets[start : start + batch_size]
+                )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()  # type: ignore[no-untyped-call]
                 optimizer.step()
@@ -449,8 +481,8 @@ def bench_finetune(config: TrainConfig, *, image_size: int, images: int) -> dict
 
     import torch
 
-    from imgpipe.splits import SplitArrays
-    from imgpipe.train import train_classifier
+    from imgpipe.data.splits import SplitArrays
+    from imgpipe.training.loop import train_classifier
 
     rng = np.random.default_rng(0)
     classes = 10
@@ -458,20 +490,36 @@ def bench_finetune(config: TrainConfig, *, image_size: int, images: int) -> dict
     def split(count: int) -> SplitArrays:
         pixels = rng.integers(0, 256, (count, image_size, image_size, 3), dtype=np.uint8)
         labels = rng.integers(0, classes, count).astype(np.int64)
-        return SplitArrays(pixels, labels, [str(i) for i in range(classes)],
-                           [f"{i}.png" for i in range(count)])  # fmt: skip
+        return SplitArrays(
+            pixels, labels, [str(i) for i in range(classes)], [f"{i}.png" for i in range(count)]
+        )
 
     train, val = split(images), split(max(1, images // 10))
-    config = config.replace(device="cpu", processes=1, compile=False, early_stopping=0,
-                            pretrained=False, freeze="none", freeze_epochs=0)  # fmt: skip
-    results: dict[str, Any] = {"architecture": config.model, "input": [3, image_size, image_size],
-                               "images": images, "threads": torch.get_num_threads()}  # fmt: skip
+    config = config.replace(
+        device="cpu",
+        processes=1,
+        compile=False,
+        early_stopping=0,
+        pretrained=False,
+        freeze="none",
+        freeze_epochs=0,
+    )
+    results: dict[str, Any] = {
+        "architecture": config.model,
+        "input": [3, image_size, image_size],
+        "images": images,
+        "threads": torch.get_num_threads(),
+    }
     with tempfile.TemporaryDirectory(prefix="imgpipe-bench-features-") as cache:
 
         def seconds(finetune: str, epochs: int) -> float:
             started = time.perf_counter()
-            train_classifier(train, val, config.replace(finetune=finetune, epochs=epochs),
-                             feature_cache=Path(cache))  # fmt: skip
+            train_classifier(
+                train,
+                val,
+                config.replace(finetune=finetune, epochs=epochs),
+                feature_cache=Path(cache),
+            )
             return time.perf_counter() - started
 
         first = seconds("head", 1)  # builds the cache
@@ -489,9 +537,9 @@ def bench_finetune(config: TrainConfig, *, image_size: int, images: int) -> dict
 def bench_predict(model: Path, folder: Path, *, count: int) -> dict[str, Any]:
     """``imgpipe predict`` on ``count`` PNGs (written once into ``folder``) into a CSV, against
     onnxruntime alone on the same images already decoded, in batches of the same size."""
-    from imgpipe.classify import DecodePolicy
-    from imgpipe.predictions import BATCH, find_inputs, predict_files, write_predictions
-    from imgpipe.runtime import OnnxClassifier
+    from imgpipe.runtime.classify import DecodePolicy
+    from imgpipe.runtime.onnx_model import OnnxClassifier
+    from imgpipe.runtime.predictions import BATCH, find_inputs, predict_files, write_predictions
 
     classifier = OnnxClassifier(model)
     rng = np.random.default_rng(0)
@@ -506,12 +554,15 @@ def bench_predict(model: Path, folder: Path, *, count: int) -> dict[str, Any]:
     bare = len(files) / (time.perf_counter() - started)
     started = time.perf_counter()
     predictions = predict_files(classifier, files, policy=DecodePolicy(), top_k=3)
-    write_predictions(predictions, folder.parent / "predictions.csv", top_k=3, embedding_dims=0,
-                      stream=sys.stdout)  # fmt: skip
+    write_predictions(
+        predictions, folder.parent / "predictions.csv", top_k=3, embedding_dims=0, stream=sys.stdout
+    )
     served = len(files) / (time.perf_counter() - started)
     return {
-        "model": str(model), "images": len(files), "input": list(shape),
+        "model": str(model),
+        "images": len(files),
+        "input": list(shape),
         "onnxruntime_images_per_second": round(bare, 1),
         "predict_images_per_second": round(served, 1),
         "ratio": round(served / bare, 3),
-    }  # fmt: skip
+    }

@@ -4,9 +4,9 @@ ImageFolder tree (``<class>/<image>`` or ``<split>/<class>/<image>``)."""
 import argparse
 from pathlib import Path
 
-from imgpipe.data import FetchOptions, fetch
+from imgpipe.data.sources import FetchOptions, fetch
 from imgpipe.params import load_params
-from imgpipe.runner import run_stage
+from imgpipe.stage import run_stage
 
 
 def main() -> None:

@@ -6,12 +6,12 @@ import argparse
 import logging
 from pathlib import Path
 
-from imgpipe.features import baseline_summary, feature_table, sample_images
+from imgpipe.data.splits import load_split
 from imgpipe.io import atomic_path, write_json
+from imgpipe.monitoring.features import baseline_summary, feature_table, sample_images
 from imgpipe.params import load_params
-from imgpipe.runner import run_stage
-from imgpipe.runtime import OnnxClassifier
-from imgpipe.splits import load_split
+from imgpipe.runtime.onnx_model import OnnxClassifier
+from imgpipe.stage import run_stage
 
 log = logging.getLogger("imgpipe.stages.drift_baseline")
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from imgpipe.evaluate import (
+from imgpipe.data.splits import SplitArrays, load_split
+from imgpipe.evaluation.metrics import (
     calibration,
     classification_metrics,
     confusion_rows,
@@ -21,12 +22,11 @@ from imgpipe.evaluate import (
     one_vs_rest_curves,
     tta_views,
 )
-from imgpipe.inference import predict_split, resolve_device
 from imgpipe.io import atomic_path, write_json
-from imgpipe.model import load_checkpoint
 from imgpipe.params import load_params
-from imgpipe.runner import run_stage
-from imgpipe.splits import SplitArrays, load_split
+from imgpipe.stage import run_stage
+from imgpipe.training.inference import predict_split, resolve_device
+from imgpipe.training.model import load_checkpoint
 
 log = logging.getLogger("imgpipe.stages.evaluate")
 
@@ -56,8 +56,12 @@ def main() -> None:
     grid = gradcam_grid(model.cpu(), test.images, test.labels, probabilities, test.classes)
     with atomic_path(args.plots / "gradcam.png") as temporary:
         grid.save(temporary, format="PNG")
-    log.info("test accuracy %.4f, macro F1 %.4f, ECE %.4f", metrics["accuracy"],
-             metrics["macro_f1"], metrics["ece"])  # fmt: skip
+    log.info(
+        "test accuracy %.4f, macro F1 %.4f, ECE %.4f",
+        metrics["accuracy"],
+        metrics["macro_f1"],
+        metrics["ece"],
+    )
 
 
 def score(test: SplitArrays, probabilities: np.ndarray) -> tuple[dict[str, Any], list[dict]]:
@@ -80,8 +84,11 @@ def write_plots(
     _, reliability = calibration(test.labels, probabilities)
     _, roc, precision_recall = one_vs_rest_curves(test.labels, probabilities, test.classes)
     write_csv(folder / "per_class.csv", per_class, list(per_class[0]))
-    write_csv(folder / "confusion.csv", confusion_rows(test.labels, predicted, test.classes),
-              ["actual", "predicted"])  # fmt: skip
+    write_csv(
+        folder / "confusion.csv",
+        confusion_rows(test.labels, predicted, test.classes),
+        ["actual", "predicted"],
+    )
     write_csv(folder / "calibration.csv", reliability, ["confidence", "accuracy", "images"])
     write_csv(folder / "roc.csv", roc, ["class", "fpr", "tpr"])
     write_csv(folder / "precision_recall.csv", precision_recall, ["class", "recall", "precision"])

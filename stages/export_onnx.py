@@ -10,13 +10,13 @@ from typing import Any
 
 import numpy as np
 
-from imgpipe.export import check_parity, export_onnx
+from imgpipe.data.splits import SplitArrays, load_split
+from imgpipe.export.onnx import check_parity, export_onnx
+from imgpipe.export.quantize import compare_int8, quantize_int8, rejection, summary
 from imgpipe.io import atomic_path, file_sha256, write_json
-from imgpipe.model import load_checkpoint
 from imgpipe.params import load_params
-from imgpipe.quantize import compare_int8, quantize_int8, rejection, summary
-from imgpipe.runner import run_stage
-from imgpipe.splits import SplitArrays, load_split
+from imgpipe.stage import run_stage
+from imgpipe.training.model import load_checkpoint
 
 log = logging.getLogger("imgpipe.stages.export_onnx")
 
@@ -29,8 +29,12 @@ def main() -> None:
     parser.add_argument("--val", type=Path, required=True, help="split whose images check parity")
     parser.add_argument("--out", type=Path, required=True, help="ONNX file to write")
     parser.add_argument("--train", type=Path, required=True, help="split to calibrate int8 on")
-    parser.add_argument("--int8", type=Path, required=True,
-                        help="folder of the int8 model.onnx (empty: off or rejected)")  # fmt: skip
+    parser.add_argument(
+        "--int8",
+        type=Path,
+        required=True,
+        help="folder of the int8 model.onnx (empty: off or rejected)",
+    )
     parser.add_argument("--metrics", type=Path, required=True, help="export metrics JSON")
     args = parser.parse_args()
 
@@ -58,9 +62,12 @@ def main() -> None:
     )
     # Timings vary run to run, so they are logged rather than written to a tracked output
     # (dvc.lock stays bit-for-bit reproducible); `imgpipe bench` measures them properly.
-    log.info("parity OK (max |diff| %.2g); latency per image: torch %.3f ms, onnxruntime %.3f ms",
-             max(parity.max_abs_diff_logits, parity.max_abs_diff_embedding),
-             parity.torch_ms_per_image, parity.onnxruntime_ms_per_image)  # fmt: skip
+    log.info(
+        "parity OK (max |diff| %.2g); latency per image: torch %.3f ms, onnxruntime %.3f ms",
+        max(parity.max_abs_diff_logits, parity.max_abs_diff_embedding),
+        parity.torch_ms_per_image,
+        parity.onnxruntime_ms_per_image,
+    )
 
 
 def export_int8(
@@ -88,9 +95,14 @@ def export_int8(
             log.warning(refused)
             return {"int8": "rejected", **summary(report)}
         size = candidate.stat().st_size
-    log.info("int8: val accuracy %.4f (fp32 %.4f), agreement %.4f; %.3f ms vs %.3f ms per image",
-             report.int8_accuracy, report.fp32_accuracy, report.agreement,
-             report.int8_ms_per_image, report.fp32_ms_per_image)  # fmt: skip
+    log.info(
+        "int8: val accuracy %.4f (fp32 %.4f), agreement %.4f; %.3f ms vs %.3f ms per image",
+        report.int8_accuracy,
+        report.fp32_accuracy,
+        report.agreement,
+        report.int8_ms_per_image,
+        report.fp32_ms_per_image,
+    )
     return {"int8": "written", "int8_size_bytes": size, **summary(report)}
 
 

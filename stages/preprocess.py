@@ -8,20 +8,20 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from imgpipe.clips import expand_clips
-from imgpipe.io import write_json
-from imgpipe.layout import read_source_notes
-from imgpipe.params import load_params
-from imgpipe.preprocess import (
+from imgpipe.data.clips import expand_clips
+from imgpipe.data.layout import read_source_notes
+from imgpipe.data.preprocess import (
     assign_splits,
     data_report,
     list_samples,
     worker_count,
     write_split,
 )
-from imgpipe.runner import run_stage
-from imgpipe.splits import SPLITS
-from imgpipe.video import FrameRate
+from imgpipe.data.splits import SPLITS
+from imgpipe.data.video import FrameRate
+from imgpipe.io import write_json
+from imgpipe.params import load_params
+from imgpipe.stage import run_stage
 
 log = logging.getLogger("imgpipe.stages.preprocess")
 
@@ -43,8 +43,9 @@ def main() -> None:
         found, clips = expand_clips(found, args.raw, Path(scratch), rate, workers)
         patterned = p.group_pattern is not None
         grouped = patterned or clips.clips > 0
-        splits = assign_splits(found, p.val_fraction, p.test_fraction, p.split_seed,
-                               grouped=grouped)  # fmt: skip
+        splits = assign_splits(
+            found, p.val_fraction, p.test_fraction, p.split_seed, grouped=grouped
+        )
         outcomes = {
             split: write_split(
                 args.raw,
@@ -57,32 +58,56 @@ def main() -> None:
             )
             for split in SPLITS
         }
-    report = data_report(classes, splits, outcomes, grouped=grouped, patterned=patterned,
-                         near_duplicate_distance=p.near_duplicate_distance,
-                         video=clips.summary() if clips.clips else None,
-                         skipped_clips=clips.skipped,
-                         source_notes=read_source_notes(args.raw))  # fmt: skip
+    report = data_report(
+        classes,
+        splits,
+        outcomes,
+        grouped=grouped,
+        patterned=patterned,
+        near_duplicate_distance=p.near_duplicate_distance,
+        video=clips.summary() if clips.clips else None,
+        skipped_clips=clips.skipped,
+        source_notes=read_source_notes(args.raw),
+    )
     write_json(args.report, report)
-    log.info("images per split %s (shares %s); %d skipped", report["totals"],
-             report["split_fractions"], report["skipped_count"])  # fmt: skip
+    log.info(
+        "images per split %s (shares %s); %d skipped",
+        report["totals"],
+        report["split_fractions"],
+        report["skipped_count"],
+    )
     if clips.clips:
-        log.info("video: %d frames from %d clips (%d skipped)", clips.frames, clips.clips,
-                 len(clips.skipped))  # fmt: skip
+        log.info(
+            "video: %d frames from %d clips (%d skipped)",
+            clips.frames,
+            clips.clips,
+            len(clips.skipped),
+        )
     if grouped:
         warn_about_groups(report["groups"], args.report)
     if report.get("links_outside_source"):
-        log.warning("%d symbolic links in the source point outside it; see %s",
-                    len(report["links_outside_source"]), args.report)  # fmt: skip
+        log.warning(
+            "%d symbolic links in the source point outside it; see %s",
+            len(report["links_outside_source"]),
+            args.report,
+        )
     if report["empty_classes"]:
         log.warning("classes without a single usable image: %s", report["empty_classes"])
     if report["duplicate_groups"]:
-        log.warning("%d images appear in more than one class or split; see %s",
-                    report["duplicate_groups"], args.report)  # fmt: skip
+        log.warning(
+            "%d images appear in more than one class or split; see %s",
+            report["duplicate_groups"],
+            args.report,
+        )
     near = report.get("near_duplicates", {}).get("pairs_count", 0)
     if near:
-        log.warning("%d pairs of near-duplicate images (perceptual hashes within %d bits) sit "
-                    "in different classes or splits; see %s", near,
-                    p.near_duplicate_distance, args.report)  # fmt: skip
+        log.warning(
+            "%d pairs of near-duplicate images (perceptual hashes within %d bits) sit "
+            "in different classes or splits; see %s",
+            near,
+            p.near_duplicate_distance,
+            args.report,
+        )
 
 
 def warn_about_groups(groups: dict[str, Any], report: Path) -> None:

@@ -10,18 +10,18 @@ import sys
 from contextlib import nullcontext
 from pathlib import Path
 
-from imgpipe.config import TrainConfig
-from imgpipe.distributed import (
+from imgpipe.data.splits import SplitArrays, load_split
+from imgpipe.params import load_params
+from imgpipe.stage import run_stage
+from imgpipe.training.distributed import (
     Processes,
     relaunch_under_torchrun,
     start_processes,
     stop_processes,
 )
-from imgpipe.model import ModelMeta, save_checkpoint
-from imgpipe.params import load_params
-from imgpipe.runner import run_stage
-from imgpipe.splits import SplitArrays, load_split
-from imgpipe.train import open_live, train_classifier
+from imgpipe.training.loop import open_live, train_classifier
+from imgpipe.training.model import ModelMeta, save_checkpoint
+from imgpipe.training.settings import TrainConfig
 
 
 def main() -> None:
@@ -33,9 +33,11 @@ def main() -> None:
         "--state", type=Path, required=True, help="resume point, kept after every epoch"
     )
     parser.add_argument(
-        "--features", type=Path, required=True,
+        "--features",
+        type=Path,
+        required=True,
         help="cache folder of frozen features (finetune: head), reused across runs",
-    )  # fmt: skip
+    )
     args = parser.parse_args()
 
     config = load_params().training()
@@ -63,9 +65,14 @@ def train_and_save(
 ) -> None:
     with open_live(args.live) if processes.rank == 0 else nullcontext() as live:
         result = train_classifier(
-            train, val, config, metric_logger=live, state_path=args.state,
-            feature_cache=args.features, processes=processes,
-        )  # fmt: skip
+            train,
+            val,
+            config,
+            metric_logger=live,
+            state_path=args.state,
+            feature_cache=args.features,
+            processes=processes,
+        )
         if processes.rank != 0:
             return
         live.summary["best"] = result.best

@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from imgpipe.config import TrainConfig
-from imgpipe.model import Classifier, ModelMeta, create_network
+from imgpipe.data.splits import SplitArrays
 from imgpipe.params import load_params
-from imgpipe.splits import SplitArrays
+from imgpipe.training.model import Classifier, ModelMeta, create_network
+from imgpipe.training.settings import TrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,11 +40,21 @@ def train_config(**changes: object) -> TrainConfig:
     """The committed training settings shrunk to seconds on the pattern images, with
     ``changes`` (validated, as params.yaml would be)."""
     tiny = {
-        "model": "test_resnet", "pretrained": False, "epochs": 4, "batch_size": 8, "lr": 3e-3,
-        "weight_decay": 0.05, "warmup_epochs": 1, "label_smoothing": 0.1, "ema_decay": 0.9,
-        "seed": 0, "device": "cpu", "processes": 1, "compile": False,
+        "model": "test_resnet",
+        "pretrained": False,
+        "epochs": 4,
+        "batch_size": 8,
+        "lr": 3e-3,
+        "weight_decay": 0.05,
+        "warmup_epochs": 1,
+        "label_smoothing": 0.1,
+        "ema_decay": 0.9,
+        "seed": 0,
+        "device": "cpu",
+        "processes": 1,
+        "compile": False,
         "augment": {"degrees": 5, "translate": 0.05, "scale": 0, "hflip": False},
-    }  # fmt: skip
+    }
     return load_params(REPO_ROOT / "params.yaml").training().replace(**{**tiny, **changes})
 
 
@@ -76,7 +86,7 @@ def tiny_onnx(
     tiny_model: tuple[Classifier, ModelMeta], tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
     """``tiny_model`` exported as the export-onnx stage does (checkpoint sha256 "c0ffee")."""
-    from imgpipe.export import export_onnx
+    from imgpipe.export.onnx import export_onnx
 
     model, meta = tiny_model
     path = tmp_path_factory.mktemp("onnx") / "model.onnx"

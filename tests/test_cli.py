@@ -27,8 +27,11 @@ def error_lines(stderr: str) -> list[str]:
 def imgpipe(*arguments: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "imgpipe.cli", *arguments],
-        cwd=cwd, capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
 
 
 def test_check_params(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

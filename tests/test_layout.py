@@ -11,24 +11,43 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
-from imgpipe.config import TrainConfig
+from imgpipe.params import DataParams, PreprocessParams
+from imgpipe.training.settings import TrainConfig
 from tests.conftest import REPO_ROOT
 
 SRC = REPO_ROOT / "src"
 # Modules a stage imports that cannot change its outputs, so they are no dvc.yaml deps (the
 # comment at the top of dvc.yaml says the same). What they import is not followed either.
 NOT_DEPS = {
-    "imgpipe.runner": "sets up logging and turns user errors into one line",
+    "imgpipe.stage": "sets up logging and turns user errors into one line",
     "imgpipe.errors": "the exception type user errors are raised as",
     "imgpipe.params": "validates params.yaml; DVC tracks the values themselves",
 }
-# The runtime side: what serves, predicts and monitors the exported model. None of it may
-# import the training stack, not even lazily inside a function.
-RUNTIME = {
-    "imgpipe.errors", "imgpipe.io", "imgpipe.layout", "imgpipe.images", "imgpipe.runtime",
-    "imgpipe.classify", "imgpipe.features", "imgpipe.drift", "imgpipe.serving",
-}  # fmt: skip
+# What each sub-package may import from imgpipe besides its own modules, errors and io
+# (prefixes: a package name allows all of it), and whether it may reach the training stack.
+# The runtime side (data, runtime, monitoring, serving) never does, not even lazily inside a
+# function: `imgpipe predict` and the service start without torch by construction.
+PLUMBING = ("imgpipe.errors", "imgpipe.io")
+RULES: dict[str, tuple[tuple[str, ...], bool]] = {
+    "imgpipe.data": ((), False),
+    "imgpipe.runtime": (
+        ("imgpipe.data.images", "imgpipe.data.layout", "imgpipe.data.video"),
+        False,
+    ),
+    "imgpipe.monitoring": (
+        ("imgpipe.data.images", "imgpipe.data.layout", "imgpipe.runtime"),
+        False,
+    ),
+    "imgpipe.serving": (
+        ("imgpipe", "imgpipe.data.images", "imgpipe.runtime", "imgpipe.monitoring.features"),
+        False,
+    ),
+    "imgpipe.training": (("imgpipe.data.splits",), True),
+    "imgpipe.evaluation": (("imgpipe.data.splits", "imgpipe.training"), True),
+    "imgpipe.export": (("imgpipe.data.splits", "imgpipe.runtime", "imgpipe.training"), True),
+}
 TRAINING_STACK = {"torch", "torchvision", "timm", "onnx", "onnxscript", "dvclive", "dvc"}
 
 
@@ -100,18 +119,63 @@ def test_train_params_in_dvc_yaml_are_the_training_config() -> None:
     assert listed == set(TrainConfig.model_fields)
 
 
-def test_runtime_side_never_imports_the_training_stack() -> None:
-    for module in sorted(RUNTIME):
-        files = {module_file(module)}
-        if module_file(module).name == "__init__.py":
-            files |= set(module_file(module).parent.glob("*.py"))
-        for file in files:
-            reached = closure(file) | {module}
-            outside = {m for m in reached if m != "imgpipe" and not m.startswith(tuple(RUNTIME))}
-            assert outside == set(), f"{file.name} reaches training modules {outside}"
-            third_party = set().union(*(imports_of(module_file(m))[1] for m in reached))
-            third_party |= imports_of(file)[1]
-            assert third_party & TRAINING_STACK == set(), f"{file.name} imports {third_party}"
+@pytest.mark.parametrize(
+    ("stage", "section", "schema", "cannot_change_output"),
+    [
+        ("download", "data", DataParams, set()),
+        ("preprocess", "preprocess", PreprocessParams, {"workers"}),
+    ],
+)
+def test_data_params_in_dvc_yaml_are_their_schema_section(
+    stage: str, section: str, schema: type[BaseModel], cannot_change_output: set[str]
+) -> None:
+    """A key added to the schema but not to the stage's params would never trigger a rerun."""
+    listed = set(dvc_stages()[stage]["params"])
+    keys = {f"{section}.{name}" for name in set(schema.model_fields) - cannot_change_output}
+    assert listed == keys
+
+
+def allowed(module: str, prefixes: tuple[str, ...]) -> bool:
+    return any(module == prefix or module.startswith(prefix + ".") for prefix in prefixes)
+
+
+def package_files(package: str) -> list[Path]:
+    return sorted(module_file(package).parent.glob("*.py"))
+
+
+def test_every_module_lives_in_a_sub_package_with_rules_or_is_plumbing() -> None:
+    top = {p.stem for p in (SRC / "imgpipe").glob("*.py")} - {"__init__"}
+    assert top == {"cli", "errors", "io", "params", "report", "stage"}
+    packages = {p.parent.name for p in (SRC / "imgpipe").glob("*/__init__.py")}
+    assert {f"imgpipe.{name}" for name in packages} == set(RULES)
+
+
+@pytest.mark.parametrize("package", sorted(RULES))
+def test_sub_package_imports_only_what_its_rule_allows(package: str) -> None:
+    prefixes, training_stack = RULES[package]
+    for file in package_files(package):
+        ours, theirs = imports_of(file)
+        outside = {m for m in ours if not allowed(m, (package, *PLUMBING, *prefixes))}
+        assert outside == set(), f"{file.name} imports {outside}, outside {package}'s rule"
+        if not training_stack:
+            reached = closure(file)
+            third_party = theirs.union(*(imports_of(module_file(m))[1] for m in reached))
+            assert third_party & TRAINING_STACK == set(), f"{file.name} reaches {third_party}"
+
+
+@pytest.mark.parametrize("package", sorted(RULES))
+def test_sub_package_init_runs_no_code(package: str) -> None:
+    """Python runs a package's __init__.py on every import of its modules: it stays a docstring."""
+    tree = ast.parse(module_file(package).read_text(encoding="utf-8"))
+    code = [
+        n for n in tree.body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))
+    ]
+    assert code == [], f"{package}/__init__.py runs code"
+
+
+def test_plumbing_imports_nothing_of_imgpipe() -> None:
+    for module in PLUMBING:
+        assert imports_of(module_file(module))[0] == set(), module
 
 
 def test_no_import_cycles() -> None:

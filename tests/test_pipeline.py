@@ -166,9 +166,9 @@ def test_service_predictions_on_the_test_split_equal_evaluates(repo: Path) -> No
     from fastapi.testclient import TestClient
     from PIL import Image
 
+    from imgpipe.data.splits import load_split
     from imgpipe.serving.app import create_app
-    from imgpipe.serving.config import ServeConfig
-    from imgpipe.splits import load_split
+    from imgpipe.serving.settings import ServeConfig
 
     test = load_split(repo / "data/processed/test")
     config = ServeConfig(model=repo / "models/model.onnx", max_images=64)
@@ -210,13 +210,19 @@ def test_killed_train_resumes_from_its_last_epoch_and_ends_bit_identical(repo: P
     outs = lock["stages"]["train"]["outs"]
     expected_md5 = next(out["md5"] for out in outs if out["path"] == "models/model.pt")
     state = repo / ".dvc/tmp/imgpipe/train-state.pt"
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "PYTHONPATH": str(repo / "src")}  # fmt: skip
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(repo / "src"),
+    }
     with subprocess.Popen(
         [sys.executable, "-m", "dvc", "repro", "--single-item", "--force", "train"],
-        cwd=repo, env=env, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    ) as run:  # fmt: skip
+        cwd=repo,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    ) as run:
         deadline = time.monotonic() + 300
         while not state.exists():
             assert run.poll() is None, "train finished before it could be killed"
@@ -296,12 +302,17 @@ def assert_refused_before_work(result: subprocess.CompletedProcess[str], message
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (("epochs", "two"), "params.yaml: 'epochs': Input should be a valid integer, unable to "
-                            "parse string as an integer (got 'two')"),
-        (("label_smoothing", "1.5"), "params.yaml: 'label_smoothing': Input should be less "
-                                     "than 1 (got 1.5)"),
+        (
+            ("epochs", "two"),
+            "params.yaml: 'epochs': Input should be a valid integer, unable to "
+            "parse string as an integer (got 'two')",
+        ),
+        (
+            ("label_smoothing", "1.5"),
+            "params.yaml: 'label_smoothing': Input should be less than 1 (got 1.5)",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_param_fails_before_work_with_the_key_named(
     repo: Path, edit: tuple[str, str], message: str
 ) -> None:
@@ -325,8 +336,14 @@ def test_unknown_key_is_refused_by_name(repo: Path) -> None:
     try:
         path.write_text(original.replace("\nlr:", "\nlrr:"))
         environment = {**os.environ, "IMGPIPE_VENV": sys.prefix, "PYTHONPATH": str(repo / "src")}
-        script = subprocess.run(["./run.sh", "repro"], cwd=repo, env=environment,
-                                capture_output=True, text=True, check=False)  # fmt: skip
+        script = subprocess.run(
+            ["./run.sh", "repro"],
+            cwd=repo,
+            env=environment,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert script.returncode != 0 and stages_run(script.stdout) == set()
         assert ERROR_LINE.findall(script.stdout + script.stderr) == [
             "params.yaml: missing key 'lr'; unknown key 'lrr' (did you mean 'lr'?)"

@@ -73,11 +73,13 @@ def test_register_assign_and_get_by_version_and_stage(
 ) -> None:
     repo, first, second = registry
     tags = run(repo, "git", "tag").split()
-    assert tags == ["image-classifier#prod#1", "image-classifier@v1.0.0",
-                    "image-classifier@v1.1.0"]  # fmt: skip
+    assert tags == ["image-classifier#prod#1", "image-classifier@v1.0.0", "image-classifier@v1.1.0"]
     shutil.rmtree(repo / ".dvc" / "cache")  # what comes back comes from the remote
-    for option, expected, name in (("--rev=v1.0.0", first, "v1"), ("--rev=v1.1.0", second, "v2"),
-                                   ("--stage=prod", first, "prod")):  # fmt: skip
+    for option, expected, name in (
+        ("--rev=v1.0.0", first, "v1"),
+        ("--rev=v1.1.0", second, "v2"),
+        ("--stage=prod", first, "prod"),
+    ):
         out = tmp_path / f"{name}.onnx"
         dvc(tmp_path, "artifacts", "get", str(repo), "image-classifier", option, "-o", str(out))
         assert out.read_bytes() == expected, option

@@ -29,13 +29,19 @@ plots:
 def git(repo: Path, *args: str) -> None:
     subprocess.run(
         ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
-        cwd=repo, check=True, capture_output=True,
-    )  # fmt: skip
+        cwd=repo,
+        check=True,
+        capture_output=True,
+    )
 
 
 def write_state(repo: Path, accuracy: float, f1: float, lr: float, int8: str = "written") -> None:
-    metrics = {"accuracy": accuracy, "macro_f1": f1, "ece": 0.05 + (0.95 - accuracy),
-               "best": {"val_loss": 1 - accuracy}}  # fmt: skip
+    metrics = {
+        "accuracy": accuracy,
+        "macro_f1": f1,
+        "ece": 0.05 + (0.95 - accuracy),
+        "best": {"val_loss": 1 - accuracy},
+    }
     (repo / "metrics.json").write_text(json.dumps(metrics))
     (repo / "metrics").mkdir(exist_ok=True)
     (repo / "metrics/drift_baseline.json").write_text(
@@ -71,8 +77,13 @@ def test_report_puts_what_moved_first_and_collapses_the_rest(repo: Path) -> None
     assert main(["report", "--base", "HEAD", "--out", "out"]) == 0
     text = (repo / "out" / "report.md").read_text()
     lines = text.splitlines()
-    headline = [line for line in lines if line.startswith("| accuracy") or
-                line.startswith("| macro_f1") or line.startswith("| ece")]  # fmt: skip
+    headline = [
+        line
+        for line in lines
+        if line.startswith("| accuracy")
+        or line.startswith("| macro_f1")
+        or line.startswith("| ece")
+    ]
     assert headline == [
         "| accuracy | 0.9 | 0.95 | +0.05 | improvement |",
         "| macro_f1 | 0.8 | 0.7 | -0.1 | **regression** |",
@@ -82,8 +93,11 @@ def test_report_puts_what_moved_first_and_collapses_the_rest(repo: Path) -> None
     assert "| lr | 0.003 | 0.0001 |" in text and "epochs" not in text
     sections = re.findall(r"<details>\n<summary>(.*?)</summary>(.*?)</details>", text, re.S)
     titles = [title for title, _ in sections]
-    assert titles == ["Other metrics that moved (1)", "Per-class scores (2 classes)",
-                      "Drift baseline (predicted shares and image statistics)"]  # fmt: skip
+    assert titles == [
+        "Other metrics that moved (1)",
+        "Per-class scores (2 classes)",
+        "Drift baseline (predicted shares and image statistics)",
+    ]
     assert "| metrics.json | best.val_loss | 0.1 | 0.05 | -0.05 |" in sections[0][1]
     assert "| cat | 0.8 | 0.7 | 0.9 | 0.9 | 10 |" in sections[1][1]
     assert "predicted_share.cat" in sections[2][1] and "not shown" not in text

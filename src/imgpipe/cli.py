@@ -12,10 +12,10 @@ from pathlib import Path
 import yaml
 
 from imgpipe import __version__
-from imgpipe.classify import MAX_PIXELS, TOP_K
 from imgpipe.errors import ImgpipeError
-from imgpipe.runner import configure_logging, log
-from imgpipe.serving.config import ServeConfig
+from imgpipe.runtime.classify import CLASSES_REPORTED, SERVED_MAX_PIXELS
+from imgpipe.serving.settings import ServeConfig
+from imgpipe.stage import configure_logging, log
 
 
 def pipeline_path(name: str, dvc_yaml: Path = Path("dvc.yaml")) -> Path | None:
@@ -31,8 +31,9 @@ def pipeline_path(name: str, dvc_yaml: Path = Path("dvc.yaml")) -> Path | None:
 
 def _given(path: Path | None, option: str) -> Path:
     if path is None:
-        raise ImgpipeError(f"{option}: no dvc.yaml here to take the pipeline's path from; "
-                           f"pass {option}")  # fmt: skip
+        raise ImgpipeError(
+            f"{option}: no dvc.yaml here to take the pipeline's path from; pass {option}"
+        )
     return path
 
 
@@ -45,7 +46,7 @@ def check_params(args: argparse.Namespace) -> int:
 
 
 def info(args: argparse.Namespace) -> int:
-    from imgpipe.runtime import read_onnx_metadata
+    from imgpipe.runtime.onnx_model import read_onnx_metadata
 
     print(json.dumps(read_onnx_metadata(_given(args.model, "--model")), indent=2, sort_keys=True))
     return 0
@@ -58,43 +59,58 @@ def predict(args: argparse.Namespace) -> int:
     (its row says why)."""
     from tqdm import tqdm
 
-    from imgpipe.classify import DecodePolicy
-    from imgpipe.predictions import find_inputs, predict_files, write_predictions
-    from imgpipe.runtime import OnnxClassifier
-    from imgpipe.video import FrameRate, is_video
+    from imgpipe.data.video import FrameRate, is_video
+    from imgpipe.runtime.classify import DecodePolicy
+    from imgpipe.runtime.onnx_model import OnnxClassifier
+    from imgpipe.runtime.predictions import find_inputs, predict_files, write_predictions
 
     classifier = OnnxClassifier(_given(args.model, "--model"))
     files = find_inputs([Path(p) for p in args.inputs])
     try:
         frames = FrameRate(args.frames_per_second, args.frame_stride, args.max_frames)
     except ValueError:
-        raise ImgpipeError("--frames-per-second, --max-frames must be >= 0 and --frame-stride "
-                           ">= 1") from None  # fmt: skip
+        raise ImgpipeError(
+            "--frames-per-second, --max-frames must be >= 0 and --frame-stride >= 1"
+        ) from None
     predictions = predict_files(
-        classifier, files, policy=DecodePolicy(max_pixels=args.max_pixels), top_k=args.top_k,
-        embeddings=args.embeddings, frames=frames,
-    )  # fmt: skip
+        classifier,
+        files,
+        policy=DecodePolicy(max_pixels=args.max_pixels),
+        top_k=args.top_k,
+        embeddings=args.embeddings,
+        frames=frames,
+    )
     # With videos the number of rows is known only as their frames are decoded.
     total = None if any(is_video(f) for f in files) else len(files)
     shown = tqdm(predictions, total=total, desc="predict", unit="img", disable=None)
     rows, errors = write_predictions(
-        shown, args.output, top_k=args.top_k,
-        embedding_dims=classifier.embedding_dims if args.embeddings else 0, stream=sys.stdout,
-    )  # fmt: skip
-    log.info("%d images or frames classified, %d files could not be%s", rows - errors, errors,
-             f"; {args.output}" if args.output else "")  # fmt: skip
+        shown,
+        args.output,
+        top_k=args.top_k,
+        embedding_dims=classifier.embedding_dims if args.embeddings else 0,
+        stream=sys.stdout,
+    )
+    log.info(
+        "%d images or frames classified, %d files could not be%s",
+        rows - errors,
+        errors,
+        f"; {args.output}" if args.output else "",
+    )
     return 1 if errors else 0
 
 
 def drift(args: argparse.Namespace) -> int:
     """Exit 1 when drift is detected, so CI jobs and alerts can act on it."""
-    from imgpipe.drift import run_drift
+    from imgpipe.monitoring.drift import run_drift
 
     result = run_drift(
-        args.current, _given(args.reference, "--reference"), _given(args.model, "--model"),
+        args.current,
+        _given(args.reference, "--reference"),
+        _given(args.model, "--model"),
         args.out,
-        drift_share=args.drift_share, embedding_threshold=args.embedding_threshold,
-    )  # fmt: skip
+        drift_share=args.drift_share,
+        embedding_threshold=args.embedding_threshold,
+    )
     summary = result.summary
     print(
         f"drift {'DETECTED' if result.drifted else 'not detected'}: "
@@ -108,8 +124,15 @@ def drift(args: argparse.Namespace) -> int:
 def report(args: argparse.Namespace) -> int:
     from imgpipe.report import write_report
 
-    print(write_report(Path.cwd(), args.base, args.out, data_images=args.data_images,
-                       threshold=args.regression_threshold))  # fmt: skip
+    print(
+        write_report(
+            Path.cwd(),
+            args.base,
+            args.out,
+            data_images=args.data_images,
+            threshold=args.regression_threshold,
+        )
+    )
     return 0
 
 
@@ -119,8 +142,10 @@ def check_metrics(args: argparse.Namespace) -> int:
 
     moved = metric_drift(metric_changes(Path.cwd(), args.against), args.tolerance, args.key)
     for change in moved:
-        print(f"{change.file}: {change.key}: {change.old} -> {change.new} "
-              f"(tolerance {args.tolerance:g})")  # fmt: skip
+        print(
+            f"{change.file}: {change.key}: {change.old} -> {change.new} "
+            f"(tolerance {args.tolerance:g})"
+        )
     if not moved:
         print(f"metrics match {args.against} within {args.tolerance:g}")
     return 1 if moved else 0
@@ -146,8 +171,13 @@ def serve(args: argparse.Namespace) -> int:
         feature_log_backups=args.feature_log_backups,
     )
     # One process on purpose: micro-batching joins requests inside it. Scale with replicas.
-    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level=args.log_level,
-                access_log=args.access_log)  # fmt: skip
+    uvicorn.run(
+        create_app(config),
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=args.access_log,
+    )
     return 0
 
 
@@ -189,23 +219,46 @@ def build_parser() -> argparse.ArgumentParser:
         "predict",
         help="classify image and video files and folders with the exported model, in batches",
     )
-    sub.add_argument("inputs", nargs="+",
-                     help="image or video files, or folders (searched recursively)")  # fmt: skip
-    sub.add_argument("--output", type=Path,
-                     help="a .csv, .parquet or .jsonl table (default: stdout)")  # fmt: skip
-    sub.add_argument("--embeddings", action="store_true",
-                     help="add the penultimate-layer embedding (emb_* columns)")  # fmt: skip
+    sub.add_argument(
+        "inputs", nargs="+", help="image or video files, or folders (searched recursively)"
+    )
+    sub.add_argument(
+        "--output", type=Path, help="a .csv, .parquet or .jsonl table (default: stdout)"
+    )
+    sub.add_argument(
+        "--embeddings",
+        action="store_true",
+        help="add the penultimate-layer embedding (emb_* columns)",
+    )
     sub.add_argument("--model", type=Path, default=onnx, help=model_help)
-    sub.add_argument("--top-k", type=int, default=TOP_K, help="classes to print per image")
-    sub.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
-                     help="largest image (width x height), checked before decoding")  # fmt: skip
-    sub.add_argument("--frames-per-second", type=float, default=1.0,
-                     help="video: frames classified per second of video; 0: every "
-                          "--frame-stride-th frame (default 1, as preprocess)")  # fmt: skip
-    sub.add_argument("--frame-stride", type=int, default=1,
-                     help="video, --frames-per-second 0: every this-many-th frame")  # fmt: skip
-    sub.add_argument("--max-frames", type=int, default=0,
-                     help="video: the first this many selected frames of each; 0: all")  # fmt: skip
+    sub.add_argument(
+        "--top-k", type=int, default=CLASSES_REPORTED, help="classes to print per image"
+    )
+    sub.add_argument(
+        "--max-pixels",
+        type=int,
+        default=SERVED_MAX_PIXELS,
+        help="largest image (width x height), checked before decoding",
+    )
+    sub.add_argument(
+        "--frames-per-second",
+        type=float,
+        default=1.0,
+        help="video: frames classified per second of video; 0: every "
+        "--frame-stride-th frame (default 1, as preprocess)",
+    )
+    sub.add_argument(
+        "--frame-stride",
+        type=int,
+        default=1,
+        help="video, --frames-per-second 0: every this-many-th frame",
+    )
+    sub.add_argument(
+        "--max-frames",
+        type=int,
+        default=0,
+        help="video: the first this many selected frames of each; 0: all",
+    )
     sub.set_defaults(handler=predict)
 
     sub = commands.add_parser(
@@ -213,35 +266,59 @@ def build_parser() -> argparse.ArgumentParser:
         help="compare images or logged features against the drift baseline (exit 1 on drift)",
     )
     sub.add_argument(
-        "--current", type=Path, required=True,
+        "--current",
+        type=Path,
+        required=True,
         help="a folder of images, or a .parquet/.csv/.jsonl table of logged features",
-    )  # fmt: skip
+    )
     sub.add_argument(
-        "--reference", type=Path, default=pipeline_path("drift_reference"),
+        "--reference",
+        type=Path,
+        default=pipeline_path("drift_reference"),
         help="reference table written by the drift-baseline stage (default: dvc.yaml's)",
-    )  # fmt: skip
+    )
     sub.add_argument("--model", type=Path, default=onnx, help=model_help)
-    sub.add_argument("--out", type=Path, default=Path("reports/drift"),
-                     help="folder for report.html (Evidently) and drift.json")  # fmt: skip
-    sub.add_argument("--drift-share", type=float, default=0.5,
-                     help="share of drifting features that counts as drift")  # fmt: skip
-    sub.add_argument("--embedding-threshold", type=float, default=0.55,
-                     help="ROC AUC of a reference-vs-current classifier on embeddings above "
-                     "which the embeddings count as drifted")  # fmt: skip
+    sub.add_argument(
+        "--out",
+        type=Path,
+        default=Path("reports/drift"),
+        help="folder for report.html (Evidently) and drift.json",
+    )
+    sub.add_argument(
+        "--drift-share",
+        type=float,
+        default=0.5,
+        help="share of drifting features that counts as drift",
+    )
+    sub.add_argument(
+        "--embedding-threshold",
+        type=float,
+        default=0.55,
+        help="ROC AUC of a reference-vs-current classifier on embeddings above "
+        "which the embeddings count as drifted",
+    )
     sub.set_defaults(handler=drift)
 
     sub = commands.add_parser(
         "report", help="markdown for a PR comment: metrics/params diff and plots vs a base rev"
     )
     sub.add_argument("--base", required=True, help="git revision to compare against")
-    sub.add_argument("--out", type=Path, default=Path("reports/pr"),
-                     help="folder for report.md and plots/*.png")  # fmt: skip
-    sub.add_argument("--data-images", action="store_true",
-                     help="also include image plots made of test data (misclassified and "
-                     "Grad-CAM grids); left out by default, since PR comments may publish "
-                     "images to a public host")  # fmt: skip
-    sub.add_argument("--regression-threshold", type=float, default=0.005,
-                     help="a headline metric moving further than this is marked")  # fmt: skip
+    sub.add_argument(
+        "--out", type=Path, default=Path("reports/pr"), help="folder for report.md and plots/*.png"
+    )
+    sub.add_argument(
+        "--data-images",
+        action="store_true",
+        help="also include image plots made of test data (misclassified and "
+        "Grad-CAM grids); left out by default, since PR comments may publish "
+        "images to a public host",
+    )
+    sub.add_argument(
+        "--regression-threshold",
+        type=float,
+        default=0.005,
+        help="a headline metric moving further than this is marked",
+    )
     sub.set_defaults(handler=report)
 
     sub = commands.add_parser(
@@ -249,11 +326,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("--against", required=True, help="git revision holding the expected metrics")
     sub.add_argument(
-        "--tolerance", type=float, default=0.01,
+        "--tolerance",
+        type=float,
+        default=0.01,
         help="largest absolute difference accepted (GPU runs are not bit-identical)",
-    )  # fmt: skip
-    sub.add_argument("--key", action="append", default=[],
-                     help="regex of metric keys to check (repeatable; default: all)")  # fmt: skip
+    )
+    sub.add_argument(
+        "--key",
+        action="append",
+        default=[],
+        help="regex of metric keys to check (repeatable; default: all)",
+    )
     sub.set_defaults(handler=check_metrics)
 
     sub = commands.add_parser(
@@ -266,34 +349,68 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--model", type=Path, default=onnx, help=model_help)
     sub.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: all)")
     sub.add_argument("--port", type=int, default=8000, help="TCP port")
-    sub.add_argument("--max-upload-mb", type=float, default=served.max_upload_bytes / 2**20,
-                     help="largest request body")  # fmt: skip
-    sub.add_argument("--max-images", type=int, default=served.max_images,
-                     help="most files per request")  # fmt: skip
-    sub.add_argument("--max-pixels", type=int, default=served.max_pixels,
-                     help="largest image (width x height), checked before decoding")  # fmt: skip
-    sub.add_argument("--batch-window-ms", type=float, default=served.batch_window_ms,
-                     help="how long a lone request waits for others to batch with")  # fmt: skip
-    sub.add_argument("--max-batch", type=int, default=served.max_batch,
-                     help="images per inference call")  # fmt: skip
-    sub.add_argument("--threads", type=int, default=served.threads,
-                     help="onnxruntime threads (0: all cores)")  # fmt: skip
-    sub.add_argument("--feature-log", type=Path, default=Path("logs/requests.jsonl"),
-                     help="JSON-lines log of per-image features; rotated to "
-                     "requests.1.jsonl, ...")  # fmt: skip
+    sub.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=served.max_upload_bytes / 2**20,
+        help="largest request body",
+    )
+    sub.add_argument(
+        "--max-images", type=int, default=served.max_images, help="most files per request"
+    )
+    sub.add_argument(
+        "--max-pixels",
+        type=int,
+        default=served.max_pixels,
+        help="largest image (width x height), checked before decoding",
+    )
+    sub.add_argument(
+        "--batch-window-ms",
+        type=float,
+        default=served.batch_window_ms,
+        help="how long a lone request waits for others to batch with",
+    )
+    sub.add_argument(
+        "--max-batch", type=int, default=served.max_batch, help="images per inference call"
+    )
+    sub.add_argument(
+        "--threads", type=int, default=served.threads, help="onnxruntime threads (0: all cores)"
+    )
+    sub.add_argument(
+        "--feature-log",
+        type=Path,
+        default=Path("logs/requests.jsonl"),
+        help="JSON-lines log of per-image features; rotated to requests.1.jsonl, ...",
+    )
     sub.add_argument("--no-feature-log", action="store_true", help="do not log features")
-    sub.add_argument("--feature-log-max-mb", type=float, help="rotate after this",
-                     default=served.feature_log_max_bytes / 2**20)  # fmt: skip
-    sub.add_argument("--feature-log-backups", type=int, default=served.feature_log_backups,
-                     help="rotated files kept")  # fmt: skip
-    sub.add_argument("--token-file", type=Path,
-                     help="require `Authorization: Bearer <token>` on /predict, the token read "
-                     "from this file (or set IMGPIPE_TOKEN); /health stays open")  # fmt: skip
-    sub.add_argument("--token-for-metrics", action="store_true",
-                     help="require the token on /metrics too")  # fmt: skip
+    sub.add_argument(
+        "--feature-log-max-mb",
+        type=float,
+        help="rotate after this",
+        default=served.feature_log_max_bytes / 2**20,
+    )
+    sub.add_argument(
+        "--feature-log-backups",
+        type=int,
+        default=served.feature_log_backups,
+        help="rotated files kept",
+    )
+    sub.add_argument(
+        "--token-file",
+        type=Path,
+        help="require `Authorization: Bearer <token>` on /predict, the token read "
+        "from this file (or set IMGPIPE_TOKEN); /health stays open",
+    )
+    sub.add_argument(
+        "--token-for-metrics", action="store_true", help="require the token on /metrics too"
+    )
     sub.add_argument("--log-level", default="info", help="uvicorn log level")
-    sub.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True,
-                     help="log one line per request")  # fmt: skip
+    sub.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="log one line per request",
+    )
     sub.set_defaults(handler=serve)
 
     return parser

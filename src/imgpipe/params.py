@@ -14,8 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from imgpipe.config import FrozenSettings, TrainConfig
 from imgpipe.errors import ImgpipeError
+from imgpipe.training.settings import FrozenSettings, TrainConfig
 
 DEFAULT_PARAMS_PATH = Path("params.yaml")
 

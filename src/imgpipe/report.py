@@ -42,8 +42,11 @@ def dvc_json(repo: Path, *args: str) -> Any:
     """Run a DVC command with ``--json`` in ``repo`` and parse what it prints."""
     result = subprocess.run(
         [sys.executable, "-m", "dvc", *args, "--json"],
-        cwd=repo, capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if result.returncode != 0:
         raise ImgpipeError(f"dvc {' '.join(args)} failed: {result.stderr.strip()[-500:]}")
     return json.loads(result.stdout or "{}")
@@ -144,8 +147,13 @@ def _details(summary: str, body: list[str]) -> list[str]:
 
 def per_class_rows(repo: Path, base: str) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     """The per-class scores at ``base`` (from git; empty when it had none) and now."""
-    shown = subprocess.run(["git", "show", f"{base}:{PER_CLASS}"], cwd=repo,
-                           capture_output=True, text=True, check=False)  # fmt: skip
+    shown = subprocess.run(
+        ["git", "show", f"{base}:{PER_CLASS}"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     old = list(csv.DictReader(io.StringIO(shown.stdout))) if shown.returncode == 0 else []
     current = repo / PER_CLASS
     new = list(csv.DictReader(io.StringIO(current.read_text()))) if current.is_file() else []
@@ -172,16 +180,18 @@ def markdown(
         key=lambda c: (HEADLINE.index(c.key), c.file),
     )
     if headline:
-        rows = [[c.key, _cell(c.old), _cell(c.new), _delta(c), _verdict(c, threshold)]
-                for c in headline]  # fmt: skip
+        rows = [
+            [c.key, _cell(c.old), _cell(c.new), _delta(c), _verdict(c, threshold)] for c in headline
+        ]
         lines += _table(["metric", "base", "this change", "delta", f"beyond {threshold:g}"], rows)
     else:
         lines.append("No headline metrics found.")
     lines += _int8_refusal(metrics)
     lines += ["", "### Params", ""]
     if params:
-        lines += _table(["param", "base", "this change"],
-                        [[c.key, _cell(c.old), _cell(c.new)] for c in params])  # fmt: skip
+        lines += _table(
+            ["param", "base", "this change"], [[c.key, _cell(c.old), _cell(c.new)] for c in params]
+        )
     else:
         lines.append("No params changed.")
     others = [c for c in metrics if c.key not in HEADLINE and c.file != DRIFT_SUMMARY]
@@ -194,19 +204,27 @@ def markdown(
     if new_rows:
         before = {row["class"]: row for row in old_rows}
         rows = [
-            [row["class"], _cell(_number(before.get(row["class"], {}).get("f1"))),
-             _cell(_number(row["f1"])), _cell(_number(row["precision"])),
-             _cell(_number(row["recall"])), row["support"]]
+            [
+                row["class"],
+                _cell(_number(before.get(row["class"], {}).get("f1"))),
+                _cell(_number(row["f1"])),
+                _cell(_number(row["precision"])),
+                _cell(_number(row["recall"])),
+                row["support"],
+            ]
             for row in new_rows
-        ]  # fmt: skip
-        lines += _details(f"Per-class scores ({len(new_rows)} classes)",
-                          _table(["class", "F1 base", "F1", "precision", "recall", "support"],
-                                 rows))  # fmt: skip
+        ]
+        lines += _details(
+            f"Per-class scores ({len(new_rows)} classes)",
+            _table(["class", "F1 base", "F1", "precision", "recall", "support"], rows),
+        )
     drift = [c for c in metrics if c.file == DRIFT_SUMMARY and c.old != c.new]
     if drift:
         rows = [[c.key, _cell(c.old), _cell(c.new), _delta(c)] for c in drift]
-        lines += _details("Drift baseline (predicted shares and image statistics)",
-                          _table(["key", "base", "this change", "delta"], rows))  # fmt: skip
+        lines += _details(
+            "Drift baseline (predicted shares and image statistics)",
+            _table(["key", "base", "this change", "delta"], rows),
+        )
     if plots:
         lines += ["", "### Plots", ""]
         lines += [f"![{name}]({path.relative_to(relative_to).as_posix()})" for name, path in plots]
@@ -247,10 +265,15 @@ def write_report(
     """
     plots, withheld = render_plots(repo, base, out / "plots", data_images=data_images)
     text = markdown(
-        base, metric_changes(repo, base), param_changes(repo, base), plots,
-        relative_to=out, per_class=per_class_rows(repo, base), withheld=withheld,
+        base,
+        metric_changes(repo, base),
+        param_changes(repo, base),
+        plots,
+        relative_to=out,
+        per_class=per_class_rows(repo, base),
+        withheld=withheld,
         threshold=threshold,
-    )  # fmt: skip
+    )
     target = out / "report.md"
     with atomic_path(target) as temporary:
         temporary.write_text(text, encoding="utf-8")

@@ -2,7 +2,7 @@
 
 Everything the service knows about the model comes from ``model.onnx`` itself (classes, input
 size, channels; normalisation is inside the graph), and uploads are decoded by
-:class:`~imgpipe.classify.DecodePolicy`, the decoding preprocess used for the training data
+:class:`~imgpipe.runtime.classify.DecodePolicy`, the decoding preprocess used for the training data
 under the limits ``imgpipe predict`` applies too.
 
 Concurrency: uploads are decoded in worker threads; inference runs on one dedicated thread fed by
@@ -35,16 +35,16 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imgpipe import __version__
-from imgpipe.classify import TOP_K, DecodePolicy, top_classes
-from imgpipe.images import ImageDecodeError, ImageTooLargeError, NotAnImageError
+from imgpipe.data.images import ImageDecodeError, ImageTooLargeError, NotAnImageError
 from imgpipe.io import file_sha256
-from imgpipe.runtime import OnnxClassifier
+from imgpipe.runtime.classify import CLASSES_REPORTED, DecodePolicy, top_classes
+from imgpipe.runtime.onnx_model import OnnxClassifier
 from imgpipe.serving.batching import MicroBatcher
-from imgpipe.serving.config import ServeConfig
 from imgpipe.serving.feature_log import FeatureLog
 from imgpipe.serving.guard import Refused, RequestGuard
 from imgpipe.serving.metrics import ServiceMetrics
 from imgpipe.serving.provenance import model_commit
+from imgpipe.serving.settings import ServeConfig
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +115,12 @@ def token_check(token: str | None) -> Callable[..., Awaitable[None]]:
             return
         given = credentials.credentials if credentials is not None else ""
         if not secrets.compare_digest(given.encode(), token.encode()):
-            raise Refused(401, "unauthorized", "missing or wrong bearer token",
-                          headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+            raise Refused(
+                401,
+                "unauthorized",
+                "missing or wrong bearer token",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
 
     return check
 
@@ -144,17 +148,25 @@ def create_app(config: ServeConfig) -> FastAPI:
         feature_log = None
         if config.feature_log is not None:
             feature_log = FeatureLog(
-                config.feature_log, classifier.classes, max_bytes=config.feature_log_max_bytes,
-                backups=config.feature_log_backups, on_drop=metrics.feature_log_dropped.inc,
-            )  # fmt: skip
+                config.feature_log,
+                classifier.classes,
+                max_bytes=config.feature_log_max_bytes,
+                backups=config.feature_log_backups,
+                on_drop=metrics.feature_log_dropped.inc,
+            )
         batcher = MicroBatcher(
             lambda batch: classifier.run(batch, batch_size=len(batch)),
-            config.max_batch, config.batch_window_ms / 1000,
+            config.max_batch,
+            config.batch_window_ms / 1000,
             on_batch=metrics.batch_images.observe,
-        )  # fmt: skip
+        )
         async with batcher:
-            log.info("serving %s (%s, %d classes)", config.model, identity.sha256[:12],
-                     len(identity.classes))  # fmt: skip
+            log.info(
+                "serving %s (%s, %d classes)",
+                config.model,
+                identity.sha256[:12],
+                len(identity.classes),
+            )
             try:
                 yield {"batcher": batcher, "feature_log": feature_log}
             finally:
@@ -183,15 +195,21 @@ def create_app(config: ServeConfig) -> FastAPI:
     authorised = [Depends(token_check(config.token))] if config.token else []
     protected = UNAUTHORIZED if config.token else {}
 
-    @app.post("/predict", response_model=PredictResponse, dependencies=authorised,
-              responses=ERROR_RESPONSES | protected)  # fmt: skip
+    @app.post(
+        "/predict",
+        response_model=PredictResponse,
+        dependencies=authorised,
+        responses=ERROR_RESPONSES | protected,
+    )
     async def predict(
         request: Request,
         response: Response,
         files: Annotated[
             list[UploadFile], File(min_length=1, description="one or more image files")
         ],
-        top_k: Annotated[int, Query(ge=1, le=1000, description="classes per image")] = TOP_K,
+        top_k: Annotated[
+            int, Query(ge=1, le=1000, description="classes per image")
+        ] = CLASSES_REPORTED,
     ) -> PredictResponse:
         """Classify the uploaded images: the ``top_k`` most probable classes of each (all
         classes when ``top_k`` exceeds their number). The ``Server-Timing`` header says how
@@ -199,9 +217,10 @@ def create_app(config: ServeConfig) -> FastAPI:
         started = time.perf_counter()
         if len(files) > config.max_images:
             raise Refused(
-                413, "too_many_images",
+                413,
+                "too_many_images",
                 f"{len(files)} images in one request; the limit is {config.max_images}",
-            )  # fmt: skip
+            )
         names = [f.filename or f"file{i}" for i, f in enumerate(files)]
         contents = [await f.read() for f in files]
         images = await run_in_threadpool(_decode_all, names, contents, policy, classifier)
@@ -228,9 +247,12 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     metrics_guard = authorised if config.token_for_metrics else []
 
-    @app.get("/metrics", response_class=Response, dependencies=metrics_guard,
-             responses={200: {"content": {"text/plain": {}}},
-                        **(protected if metrics_guard else {})})  # fmt: skip
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        dependencies=metrics_guard,
+        responses={200: {"content": {"text/plain": {}}}, **(protected if metrics_guard else {})},
+    )
     async def prometheus_metrics() -> Response:
         """Prometheus exposition: requests, latency, errors, predicted classes, confidence."""
         return Response(prometheus_text(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from imgpipe.features import embedding_column_names, image_statistics
+from imgpipe.monitoring.features import image_statistics
+from imgpipe.runtime.onnx_model import embedding_column_names
 from imgpipe.serving.batching import Outputs
 
 log = logging.getLogger(__name__)

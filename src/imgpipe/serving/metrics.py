@@ -21,13 +21,18 @@ class ServiceMetrics:
     def __post_init__(self) -> None:
         r = self.registry
         self.requests = Counter(
-            "imgpipe_http_requests", "HTTP requests by route and status", ["route", "status"],
+            "imgpipe_http_requests",
+            "HTTP requests by route and status",
+            ["route", "status"],
             registry=r,
-        )  # fmt: skip
+        )
         self.latency = Histogram(
-            "imgpipe_http_request_duration_seconds", "Time from request to response by route",
-            ["route"], buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+            "imgpipe_http_request_duration_seconds",
+            "Time from request to response by route",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.errors = Counter(
             "imgpipe_errors", "Requests refused or failed, by reason", ["reason"], registry=r
         )
@@ -35,13 +40,17 @@ class ServiceMetrics:
             "imgpipe_predictions", "Images classified, by top-1 class", ["predicted"], registry=r
         )
         self.confidence = Histogram(
-            "imgpipe_prediction_confidence", "Top-1 probability of each classified image",
-            buckets=CONFIDENCE_BUCKETS, registry=r,
-        )  # fmt: skip
+            "imgpipe_prediction_confidence",
+            "Top-1 probability of each classified image",
+            buckets=CONFIDENCE_BUCKETS,
+            registry=r,
+        )
         self.batch_images = Histogram(
-            "imgpipe_inference_batch_images", "Images per onnxruntime call (micro-batching)",
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r,
-        )  # fmt: skip
+            "imgpipe_inference_batch_images",
+            "Images per onnxruntime call (micro-batching)",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
         self.feature_log_dropped = Counter(
             "imgpipe_feature_log_dropped_images", "Images not logged (writer behind)", registry=r
         )

@@ -1,0 +1,139 @@
+"""The ``export-onnx`` stage's library: one-file ONNX, dynamic batch, metadata, parity gate.
+
+The file follows the contract of :mod:`imgpipe.runtime.onnx_model` (input and output names,
+the model's :class:`~imgpipe.training.model.ModelMeta` as JSON metadata), so a consumer needs
+this one file, onnxruntime and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from imgpipe.errors import ImgpipeError
+from imgpipe.runtime.onnx_model import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, open_session
+from imgpipe.training.model import Classifier, ModelMeta
+
+log = logging.getLogger(__name__)
+
+
+class ParityError(ImgpipeError):
+    """onnxruntime's outputs differ from torch's beyond the tolerance."""
+
+
+class _WithEmbedding(nn.Module):
+    def __init__(self, model: Classifier) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.forward_with_embedding(images)
+
+
+def export_onnx(
+    model: Classifier, meta: ModelMeta, destination: Path, opset: int, provenance: dict[str, str]
+) -> None:
+    """Export ``model`` to a single ONNX file (no external data) with a dynamic batch axis.
+
+    Args:
+        model: the trained classifier (on the CPU).
+        meta: stored in the file's metadata together with ``provenance``.
+        destination: the ``.onnx`` file to write (wrap in :func:`~imgpipe.io.atomic_path` and
+            check parity before it is renamed into place).
+        opset: ONNX opset version.
+        provenance: extra identity fields (e.g. the checkpoint's sha256).
+    """
+    example = torch.zeros(2, meta.channels, meta.image_size, meta.image_size, dtype=torch.uint8)
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.onnx.export(
+        _WithEmbedding(model).eval(),
+        (example,),
+        dynamo=True,
+        opset_version=opset,
+        input_names=[INPUT_NAME],
+        output_names=list(OUTPUT_NAMES),
+        dynamic_shapes=({0: batch},),
+        verbose=False,
+    )
+    if program is None:  # only the legacy exporter returns None
+        raise ImgpipeError("torch.onnx.export returned no program")
+    proto = program.model_proto
+    _drop_stack_traces(proto)
+    entry = proto.metadata_props.add()
+    entry.key = METADATA_KEY
+    entry.value = json.dumps({**meta.to_dict(), **provenance}, sort_keys=True)
+    proto.producer_name = "imgpipe"
+    onnx.checker.check_model(proto)
+    onnx.save_model(proto, destination, save_as_external_data=False)
+
+
+def _drop_stack_traces(proto: onnx.ModelProto) -> None:
+    """The exporter records each node's Python stack trace, absolute paths included: that made
+    the file differ between two checkouts of the same commit. Everything else is kept."""
+    graphs = [proto.graph, *proto.functions]
+    for graph in graphs:
+        for node in graph.node:
+            kept = [p for p in node.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
+            del node.metadata_props[:]
+            node.metadata_props.extend(kept)
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    max_abs_diff_logits: float
+    max_abs_diff_embedding: float
+    prediction_agreement: float
+    images: int
+    torch_ms_per_image: float
+    onnxruntime_ms_per_image: float
+
+
+def check_parity(
+    onnx_path: Path, model: Classifier, images: np.ndarray, tolerance: float
+) -> ParityReport:
+    """Compare onnxruntime with torch on ``images`` (``N x H x W x C`` uint8).
+
+    The images go through once as one batch and once one by one, which also proves the batch
+    axis is dynamic.
+
+    Raises:
+        ParityError: when any logit or embedding value differs by more than ``tolerance``.
+    """
+    session = open_session(onnx_path)
+    batch = np.array(images.transpose(0, 3, 1, 2), order="C")  # a writable copy for torch
+    with torch.no_grad():
+        started = time.perf_counter()
+        reference = [
+            t.numpy() for t in model.eval().forward_with_embedding(torch.from_numpy(batch))
+        ]
+        torch_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    batched = session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})
+    onnx_seconds = time.perf_counter() - started
+    single = [session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch[i : i + 1]}) for i in range(4)]
+    single_logits = np.concatenate([s[0] for s in single])
+    diffs = [float(np.abs(o - r).max()) for o, r in zip(batched, reference, strict=True)]
+    diffs[0] = max(diffs[0], float(np.abs(single_logits - reference[0][: len(single)]).max()))
+    report = ParityReport(
+        max_abs_diff_logits=diffs[0],
+        max_abs_diff_embedding=diffs[1],
+        prediction_agreement=float((batched[0].argmax(1) == reference[0].argmax(1)).mean()),
+        images=len(batch),
+        torch_ms_per_image=1000 * torch_seconds / len(batch),
+        onnxruntime_ms_per_image=1000 * onnx_seconds / len(batch),
+    )
+    if max(diffs) > tolerance:
+        raise ParityError(
+            f"{onnx_path}: onnxruntime differs from torch by {max(diffs):.3g} "
+            f"(logits {diffs[0]:.3g}, embedding {diffs[1]:.3g}), above export.tolerance "
+            f"{tolerance:g}"
+        )
+    return report

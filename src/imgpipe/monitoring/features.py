@@ -1,0 +1,88 @@
+"""Per-image features for drift monitoring, computed with the exported ONNX model.
+
+The ``drift-baseline`` stage computes them for a sample of the training data; the service and
+``imgpipe drift`` compute the same columns for live traffic, so the two tables compare directly.
+Built on :mod:`imgpipe.runtime.onnx_model` (no torch).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from imgpipe.runtime.onnx_model import OnnxClassifier, embedding_column_names
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+STATISTIC_COLUMNS = ("brightness", "contrast", "sharpness", "dark_fraction", "bright_fraction")
+
+
+def image_statistics(images: np.ndarray) -> dict[str, np.ndarray]:
+    """Simple per-image statistics of ``N x H x W x C`` uint8 images, in [0, 1] units.
+
+    brightness: mean pixel value; contrast: pixel standard deviation; sharpness: mean absolute
+    Laplacian (drops when images blur); dark/bright fraction: share of pixels below 10% / above
+    90% (moves with exposure and inversion).
+    """
+    grey = images.astype(np.float32).mean(axis=-1) / 255.0
+    laplacian = (
+        4 * grey[:, 1:-1, 1:-1]
+        - grey[:, :-2, 1:-1]
+        - grey[:, 2:, 1:-1]
+        - grey[:, 1:-1, :-2]
+        - grey[:, 1:-1, 2:]
+    )
+    return {
+        "brightness": grey.mean(axis=(1, 2)),
+        "contrast": grey.std(axis=(1, 2)),
+        "sharpness": np.abs(laplacian).mean(axis=(1, 2)),
+        "dark_fraction": (grey < 0.1).mean(axis=(1, 2)),
+        "bright_fraction": (grey > 0.9).mean(axis=(1, 2)),
+    }
+
+
+def feature_table(classifier: OnnxClassifier, images: np.ndarray) -> pd.DataFrame:
+    """One row per image: statistics, predicted class, confidence and ``emb_*`` columns."""
+    import pandas as pd  # here, not above: the service uses this module and not pandas
+
+    probabilities, embeddings = classifier.run(images)
+    table = pd.DataFrame(image_statistics(images))
+    table["predicted"] = [classifier.classes[i] for i in probabilities.argmax(axis=1)]
+    table["confidence"] = probabilities.max(axis=1)
+    embedding_columns = pd.DataFrame(
+        embeddings, columns=embedding_column_names(embeddings.shape[1])
+    )
+    return pd.concat([table, embedding_columns], axis=1)
+
+
+def baseline_summary(table: pd.DataFrame, classes: list[str]) -> dict[str, Any]:
+    """Small JSON-able summary of a feature table, for ``metrics/``."""
+    counts = table["predicted"].value_counts()
+    return {
+        "rows": len(table),
+        "embedding_dims": sum(1 for c in table.columns if c.startswith("emb_")),
+        "mean_confidence": round(float(table["confidence"].mean()), 6),
+        "predicted_share": {c: round(float(counts.get(c, 0)) / len(table), 6) for c in classes},
+        "statistics": {
+            column: {
+                "mean": round(float(table[column].mean()), 6),
+                "std": round(float(table[column].std()), 6),
+            }
+            for column in STATISTIC_COLUMNS
+        },
+    }
+
+
+def sample_images(images: list[np.ndarray], size: int, seed: int) -> np.ndarray:
+    """Up to ``size`` images drawn without replacement from several arrays, in a seeded order."""
+    total = sum(len(part) for part in images)
+    chosen = np.sort(np.random.default_rng(seed).permutation(total)[: min(size, total)])
+    offsets = np.cumsum([0] + [len(part) for part in images])
+    return np.concatenate(
+        [
+            part[chosen[(chosen >= lo) & (chosen < hi)] - lo]
+            for part, lo, hi in zip(images, offsets[:-1], offsets[1:], strict=True)
+        ]
+    )

@@ -1,0 +1,159 @@
+"""``finetune: head``: the frozen backbone's features, computed once per image and cached, and
+the inputs the classifier head trains and validates on.
+
+On a CPU this is the difference between minutes and hours for a pretrained network on a few
+thousand photos: an epoch is one small matrix product per batch. The cache is keyed by
+everything that shapes the features (architecture, weights, image size and pixels, views,
+augmentation and seed), so experiments that change only the head's settings (lr, epochs, ...)
+reuse it; anything else computes it afresh. The exported model is still the whole network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from imgpipe.data.splits import SplitArrays
+from imgpipe.io import atomic_path, file_sha256
+from imgpipe.training.distributed import Processes, wait_for_every_process
+from imgpipe.training.inference import autocast, autocast_dtype
+from imgpipe.training.model import Classifier
+from imgpipe.training.settings import TrainConfig
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 2  # 2: keyed by device type and autocast precision too
+EMBED_BATCH = 64  # images per forward pass while filling the cache
+
+
+@dataclass
+class FeatureInputs:
+    """Training inputs of the head: ``views`` (``V x N x D``) of every image's features; each
+    time an image is drawn, one of its views is (view 0 is the unaugmented image)."""
+
+    views: np.ndarray
+    labels: np.ndarray
+    chooser: torch.Generator
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, rows: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        view = torch.randint(len(self.views), (len(rows),), generator=self.chooser).numpy()
+        features = torch.from_numpy(np.ascontiguousarray(self.views[view, rows]))
+        return features.to(device), torch.from_numpy(self.labels[rows]).to(device)
+
+
+def cache_key(
+    config: TrainConfig, train: SplitArrays, val: SplitArrays, device: torch.device
+) -> str:
+    """Everything that shapes the cached features; the head's own settings are left out. The
+    device type and its autocast precision count: features computed in bf16 on a GPU (with
+    CUDA's random draws for the views) are not the CPU's, and must not be reused there."""
+    weights = config.pretrained
+    if isinstance(weights, str) and Path(weights).is_file():
+        weights = file_sha256(Path(weights))
+    shaping = {
+        "format": CACHE_FORMAT,
+        "model": config.model,
+        "pretrained": weights,
+        "views": config.feature_views,
+        "seed": config.seed,
+        "device": device.type,
+        "precision": str(autocast_dtype(device)),
+        "augment": config.augment.model_dump() if config.feature_views > 1 else None,
+    }
+    digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode())
+    for split in (train, val):
+        digest.update(json.dumps([split.images.shape, split.files]).encode())
+        for start in range(0, len(split), 4096):  # every pixel: the cache must not go stale
+            digest.update(np.ascontiguousarray(split.images[start : start + 4096]).tobytes())
+    return digest.hexdigest()[:32]
+
+
+def cached_features(
+    network: Classifier,
+    train: SplitArrays,
+    val: SplitArrays,
+    config: TrainConfig,
+    *,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None,
+    device: torch.device,
+    cache: Path | None,
+    processes: Processes,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Training views (``V x N x D``) and validation features (``N x D``) of ``network``'s frozen
+    backbone, from ``cache`` when it holds them, else computed and stored there by the first
+    process of each machine (nodes need not share a filesystem; where they do, the atomic
+    rename makes the second writer harmless)."""
+    if cache is None:
+        return _compute(network, train, val, config, augment=augment, device=device)
+    path = cache / f"{cache_key(config, train, val, device)}.npz"
+    if not path.is_file() and processes.local_rank == 0:
+        views, val_features = _compute(network, train, val, config, augment=augment, device=device)
+        with atomic_path(path) as temporary, temporary.open("wb") as handle:
+            np.savez(handle, views=views, val=val_features)
+    wait_for_every_process(processes)  # the others read what their node's first process wrote
+    log.info("frozen features from %s", path)
+    with np.load(path) as stored:
+        return stored["views"], stored["val"]
+
+
+def _compute(
+    network: Classifier,
+    train: SplitArrays,
+    val: SplitArrays,
+    config: TrainConfig,
+    *,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None,
+    device: torch.device,
+) -> tuple[np.ndarray, np.ndarray]:
+    network.eval()
+    views = [embed(network, train.images, device, description="features train")]
+    # The views' draws (CPU and CUDA generators) leave training's alone.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(config.seed)
+        for view in range(2, config.feature_views + 1):
+            named = f"features train view {view}/{config.feature_views}"
+            views.append(embed(network, train.images, device, augment, named))
+    return np.stack(views), embed(network, val.images, device, description="features val")
+
+
+@torch.no_grad()
+def embed(
+    network: Classifier,
+    images: np.ndarray,
+    device: torch.device,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    description: str = "features",
+) -> np.ndarray:
+    """Penultimate-layer features (what the head sees) of ``N x H x W x C`` uint8 images."""
+    out = []
+    for start in tqdm(range(0, len(images), EMBED_BATCH), desc=description, unit="batch"):
+        batch = torch.from_numpy(np.ascontiguousarray(images[start : start + EMBED_BATCH]))
+        pixels = batch.permute(0, 3, 1, 2).to(device)
+        if augment is not None:
+            pixels = augment(pixels)
+        with autocast(device):
+            out.append(network.forward_with_embedding(pixels)[1].float().cpu())
+    return torch.cat(out).numpy()
+
+
+@torch.no_grad()
+def head_probabilities(
+    head: torch.nn.Module, features: np.ndarray, batch_size: int, device: torch.device
+) -> torch.Tensor:
+    head.eval()
+    out = []
+    for start in range(0, len(features), batch_size):
+        chunk = torch.from_numpy(features[start : start + batch_size]).to(device)
+        out.append(head(chunk).float().softmax(1).cpu())
+    return torch.cat(out)

@@ -1,0 +1,554 @@
+"""The ``train`` stage's library: fine-tune a timm classifier on preprocessed uint8 arrays.
+
+Deterministic on CPU for a given seed, machine and thread count: the seed drives the shuffle,
+the augmentation and the initial weights, and torch runs in deterministic mode. Batches are
+gathered straight from the (memory-mapped) arrays and augmented on the training device, so
+nothing is decoded during training.
+
+The pieces, in the order a run uses them: :func:`build_trainer` (network, what of it trains,
+optimiser, schedule, weight average, inputs), :func:`~imgpipe.training.resume.resume`, then
+per epoch :func:`train_one_epoch` (of :func:`train_step` calls) and :func:`validate`, the best
+epoch kept and the state saved. ``finetune: head`` trains the classifier alone on features the
+frozen backbone computed once (:mod:`imgpipe.training.feature_cache`); ``full`` trains the
+network on the images.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol, assert_never
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812 (the conventional name)
+from timm.scheduler.cosine_lr import CosineLRScheduler
+from timm.utils.model_ema import ModelEmaV3
+from torch import nn
+
+from imgpipe.data.splits import SplitArrays
+from imgpipe.errors import ImgpipeError
+from imgpipe.training.augment import build_augmentation, build_mixing
+from imgpipe.training.distributed import Processes, share_buffers_of_rank_0, sum_over_processes
+from imgpipe.training.feature_cache import FeatureInputs, cached_features, head_probabilities
+from imgpipe.training.inference import (
+    autocast,
+    autocast_dtype,
+    gather_batch,
+    loss_and_accuracy,
+    predict_split,
+    resolve_device,
+)
+from imgpipe.training.model import Classifier, channel_statistics, create_network
+from imgpipe.training.resume import Progress, Resumable, resume, save_state, state_key
+from imgpipe.training.settings import TrainConfig
+from imgpipe.training.transfer import (
+    build_optimizer,
+    frozen_parameter_names,
+    hold_frozen_norms,
+    set_frozen,
+)
+
+log = logging.getLogger(__name__)
+
+
+class MetricLogger(Protocol):
+    """What training needs from a logger: dvclive's ``Live`` fits."""
+
+    def log_metric(self, name: str, val: float) -> None: ...
+    def next_step(self) -> None: ...
+
+
+class Inputs(Protocol):
+    """What an epoch draws batches from: images (``full``) or cached features (``head``)."""
+
+    @property
+    def labels(self) -> np.ndarray: ...
+    def __len__(self) -> int: ...
+    def batch(
+        self, rows: np.ndarray, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+@dataclass
+class ImageInputs:
+    split: SplitArrays
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.split.labels
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def batch(self, rows: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        return gather_batch(self.split, rows, device)
+
+
+@dataclass
+class TrainResult:
+    model: Classifier  # weights of the best epoch by validation accuracy
+    best_epoch: int
+    mean: list[float]  # per-channel normalisation the model applies, in [0, 1] units
+    std: list[float]
+    history: list[dict[str, float]] = field(default_factory=list)
+    images_per_second: float = 0.0
+    processes: int = 1  # how many processes trained it (torchrun world size)
+
+    @property
+    def best(self) -> dict[str, float]:
+        return self.history[self.best_epoch - 1]
+
+
+def open_live(folder: Path) -> Any:
+    """dvclive's ``Live`` writing to ``folder``, with dvc.yaml left alone (it declares the
+    metrics and plots itself; ``dvcyaml=False`` stops dvclive from rewriting it)."""
+    from dvclive.live import Live
+    from scmrepo.exceptions import SCMError
+
+    try:
+        return Live(str(folder), dvcyaml=False, save_dvc_exp=False)
+    except SCMError as error:  # dvclive needs a base commit to attach metrics to
+        raise ImgpipeError(
+            f"git: {error}; make a first commit (git add -A && git commit) before `dvc repro`"
+        ) from None
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every generator and ask for deterministic kernels. On the CPU that makes a run
+    bit-identical; on CUDA, cuBLAS is deterministic only with a fixed workspace (set here,
+    before the first matrix product creates it), and a few ops used (adaptive pooling's
+    backward, kornia's histograms) have no deterministic CUDA kernel, hence ``warn_only``:
+    GPU reruns agree within the reproduction tolerance, not bit for bit."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def train_classifier(
+    train: SplitArrays,
+    val: SplitArrays,
+    config: TrainConfig,
+    *,
+    metric_logger: MetricLogger | None = None,
+    state_path: Path | None = None,
+    feature_cache: Path | None = None,
+    processes: Processes | None = None,
+) -> TrainResult:
+    """Train, keeping the best epoch by validation accuracy (then loss).
+
+    Args:
+        train: training split.
+        val: validation split, evaluated after every epoch.
+        config: every training setting (``params.yaml``'s top-level keys).
+        metric_logger: receives per-epoch metrics (dvclive's ``Live``); rank 0 only.
+        state_path: where the state after each epoch is kept; a run started with the same
+            settings and data continues from it (after a crash or a kill) with the same result
+            as an uninterrupted run. The caller deletes it once the model is saved.
+        feature_cache: folder of the frozen features ``finetune: head`` trains on (kept across
+            runs; None computes them every time).
+        processes: this process's place in a torchrun job
+            (:func:`~imgpipe.training.distributed.start_processes`); None when alone. With
+            several, the model is wrapped in DistributedDataParallel and each process takes its
+            share of every ``batch_size`` batch (so the optimisation step sees the same global
+            batch); rank 0 alone writes the state.
+    """
+    processes = processes or Processes()
+    trainer = build_trainer(config, train, val, processes, feature_cache)
+    key = state_key(config.fingerprint(), train, val)
+    progress = resume(state_path, key, trainer.resumable(), processes)
+    if metric_logger is not None:
+        for record in progress.history:  # the curves the interrupted run had logged
+            log_epoch(metric_logger, record)
+    started, seen = time.perf_counter(), 0
+    for epoch in range(progress.epoch + 1, config.epochs + 1):
+        trainer.set_trainable(epoch)
+        train_loss, images = train_one_epoch(trainer, progress)
+        seen += images
+        record = {"epoch": epoch, "train_loss": train_loss, **validate(trainer)}
+        record["lr"] = max(group["lr"] for group in trainer.optimizer.param_groups)
+        progress.history.append(record)
+        progress.epoch = epoch
+        log.info(
+            "epoch %d/%d  train_loss %.4f  val_loss %.4f  val_accuracy %.4f",
+            epoch,
+            config.epochs,
+            train_loss,
+            record["val_loss"],
+            record["val_accuracy"],
+        )
+        if metric_logger is not None:
+            log_epoch(metric_logger, record)
+        if _is_better(record, progress.history):
+            progress.best_state = {
+                name: tensor.detach().clone()
+                for name, tensor in trainer.evaluated.state_dict().items()
+            }
+        if state_path is not None:
+            save_state(state_path, key, progress, trainer.resumable(), processes)
+        stale = epoch - _best_epoch(progress.history)
+        if config.early_stopping and stale >= config.early_stopping:
+            log.info("early stopping: no better validation score for %d epochs", stale)
+            break
+    rate = seen * processes.world / (time.perf_counter() - started) if seen else 0.0
+    return _result(trainer, progress, rate)
+
+
+@dataclass
+class Trainer:
+    """The moving parts of one training run."""
+
+    config: TrainConfig
+    processes: Processes
+    device: torch.device
+    network: Classifier  # the whole model: what is saved and exported
+    model: nn.Module  # what is optimised: the network, or its head alone (finetune: head)
+    mean: list[float]  # the normalisation the network applies, from the training images
+    std: list[float]
+    average: ModelEmaV3 | None  # the weight average that is validated and kept
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    train_inputs: Inputs
+    validation: Callable[[nn.Module], torch.Tensor]  # probabilities on the validation split
+    val_labels: np.ndarray
+    augment: Callable[[torch.Tensor], torch.Tensor] | None
+    mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None
+    class_weights: torch.Tensor  # 1 / class frequency (class_balance: sampler draws by them)
+    loss_weights: torch.Tensor | None  # the same on the device (class_balance: loss)
+    shuffler: torch.Generator
+    scaler: torch.amp.GradScaler  # fp16 on GPUs without bf16; disabled (a no-op) otherwise
+    forward: Callable[[torch.Tensor], Any] = field(init=False)  # model, or its DDP wrapper
+    frozen: frozenset[str] | None = field(default=None, init=False)
+
+    @property
+    def evaluated(self) -> nn.Module:
+        return self.average.module if self.average else self.model  # type: ignore[no-any-return]
+
+    def resumable(self) -> Resumable:
+        average = self.average.module if self.average is not None else None
+        return Resumable(
+            self.model, self.optimizer, self.schedule, average, self.shuffler, self.scaler
+        )
+
+    def set_trainable(self, epoch: int) -> None:
+        """Freeze what ``freeze`` (and, during the first ``freeze_epochs``, the whole backbone)
+        keeps fixed this epoch; the training wrapper follows when that changes."""
+        config = self.config
+        if config.finetune == "head":
+            frozen: frozenset[str] = frozenset()
+        else:
+            freeze = "backbone" if epoch <= config.freeze_epochs else config.freeze
+            frozen = frozenset(frozen_parameter_names(self.network.net, freeze))
+        if frozen != self.frozen:
+            set_frozen(self.network.net if config.finetune == "full" else self.model, set(frozen))
+            self.forward = _wrap(self.model, self.device, config.compile, self.processes)
+            if self.frozen is not None:
+                log.info("epoch %d: %d parameter tensors frozen", epoch, len(frozen))
+            self.frozen = frozen
+
+
+def build_trainer(
+    config: TrainConfig,
+    train: SplitArrays,
+    val: SplitArrays,
+    processes: Processes,
+    feature_cache: Path | None = None,
+) -> Trainer:
+    """Seed, then create the network (normalised by the training images' statistics), what
+    of it trains, its weight average, optimiser, schedule and inputs. The order is fixed: it
+    decides which random numbers initialise the weights."""
+    seed_everything(config.seed)
+    device = resolve_device(config.device, processes.local_rank)
+    mean, std = channel_statistics(train.images)
+    channels, classes = train.images.shape[-1], len(train.classes)
+    net = create_network(config.model, classes, channels, config.pretrained, config.drop_path)
+    network = Classifier(net, mean, std).to(device)
+    if device.type == "cuda":  # tensor cores want channels-last
+        network = network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    augment = build_augmentation(config.augment, channels)
+    if config.finetune == "head":
+        views, val_features = cached_features(
+            network,
+            train,
+            val,
+            config,
+            augment=augment,
+            device=device,
+            cache=feature_cache,
+            processes=processes,
+        )
+        model: nn.Module = network.net.get_classifier()
+        train_inputs: Inputs = FeatureInputs(
+            views, train.labels, torch.Generator().manual_seed(config.seed)
+        )
+
+        def validation(module: nn.Module) -> torch.Tensor:
+            return head_probabilities(module, val_features, config.batch_size, device)
+
+        augment = None  # the views carry it
+    else:
+        model = network
+        train_inputs = ImageInputs(train)
+
+        def validation(module: nn.Module) -> torch.Tensor:
+            return predict_split(module, val, config.batch_size, device)  # type: ignore[arg-type]
+
+    # Warm-up ramps the decay towards ema_decay, so short runs are not dragged to the init.
+    average = (
+        ModelEmaV3(model, decay=config.ema_decay, use_warmup=True) if config.ema_decay > 0 else None
+    )
+    if processes.rank:  # the other processes draw their own augmentation (rank 0 keeps seed)
+        torch.manual_seed(config.seed + processes.rank)
+    optimizer = build_optimizer(
+        model.net if isinstance(model, Classifier) else model,
+        config.optimizer,
+        config.lr,
+        config.weight_decay,
+        config.layer_decay if config.finetune == "full" else 0.0,
+    )
+    steps_per_epoch = len(global_batches(np.arange(len(train)), config.batch_size, processes))
+    schedule = Schedule(
+        config.schedule,
+        optimizer,
+        config.lr,
+        config.epochs * steps_per_epoch,
+        round(config.warmup_epochs * steps_per_epoch),
+    )
+    weights = class_weights(train.labels, classes)
+    return Trainer(
+        config,
+        processes,
+        device,
+        network,
+        model,
+        mean,
+        std,
+        average,
+        optimizer,
+        schedule,
+        train_inputs,
+        validation,
+        val.labels,
+        augment,
+        build_mixing(config.mixup, config.cutmix, classes),
+        weights,
+        weights.to(device) if config.class_balance == "loss" else None,
+        torch.Generator().manual_seed(config.seed),
+        torch.amp.GradScaler(device.type, enabled=autocast_dtype(device) == torch.float16),
+    )
+
+
+def train_one_epoch(trainer: Trainer, progress: Progress) -> tuple[float, int]:
+    """One pass over the training inputs: mean loss (over all processes) and the number of
+    images this process trained on."""
+    config, processes, inputs = trainer.config, trainer.processes, trainer.train_inputs
+    trainer.model.train()
+    hold_frozen_norms(trainer.model)
+    order = epoch_order(
+        inputs.labels, trainer.class_weights, config.class_balance == "sampler", trainer.shuffler
+    )
+    batches = global_batches(order, config.batch_size, processes)
+    loss_sum, seen = 0.0, 0
+    for batch in batches:
+        # This process's share of the global batch; sorted: sequential memmap reads.
+        rows = np.sort(batch[processes.rank :: processes.world])
+        loss_sum += train_step(trainer, rows, progress) * len(rows)
+        seen += len(rows)
+    trained = sum(len(batch) for batch in batches)
+    return sum_over_processes(loss_sum, processes, trainer.device) / trained, seen
+
+
+def global_batches(order: np.ndarray, batch_size: int, processes: Processes) -> list[np.ndarray]:
+    """The epoch's optimiser steps: ``order`` cut into ``batch_size`` batches, each shared out
+    over the processes. A last batch too small to give every process two images is dropped
+    (unless it is the only one): a process with none would divide by zero while the others
+    wait in all-reduce, and batch norm cannot train on one image."""
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    if len(batches) > 1 and len(batches[-1]) < 2 * processes.world:
+        batches.pop()
+    return batches
+
+
+def train_step(trainer: Trainer, rows: np.ndarray, progress: Progress) -> float:
+    """One optimiser step on ``rows``, in ``accumulate`` parts one after another (the same
+    step with a fraction of the memory): augment and mix, forward, backward; then clip, step
+    the optimiser, the schedule and the weight average. Returns the mean loss."""
+    config = trainer.config
+    parts = [part for part in np.array_split(rows, config.accumulate) if len(part)]
+    trainer.optimizer.zero_grad(set_to_none=True)
+    total = 0.0
+    for index, part in enumerate(parts):
+        inputs, labels = trainer.train_inputs.batch(part, trainer.device)
+        if trainer.augment is not None:
+            inputs = trainer.augment(inputs)
+        targets: torch.Tensor = labels
+        if trainer.mix is not None:
+            inputs, targets = trainer.mix(inputs, labels)
+        last = index == len(parts) - 1
+        syncing = contextlib.nullcontext() if last else _no_sync(trainer.forward)
+        with syncing:
+            with autocast(trainer.device):
+                loss = F.cross_entropy(
+                    trainer.forward(inputs),
+                    targets,
+                    weight=trainer.loss_weights,
+                    label_smoothing=config.label_smoothing,
+                )
+            trainer.scaler.scale(loss * len(part) / len(rows)).backward()  # type: ignore[no-untyped-call]
+        total += float(loss.item()) * len(part)
+    if config.grad_clip > 0:
+        trainer.scaler.unscale_(trainer.optimizer)  # clip the true gradients
+        torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), config.grad_clip)
+    trainer.scaler.step(trainer.optimizer)  # skipped when fp16 gradients overflowed
+    trainer.scaler.update()
+    progress.step += 1
+    trainer.schedule.step(progress.step)
+    if trainer.average is not None:
+        trainer.average.update(trainer.model, step=progress.step)
+    return total / len(rows)
+
+
+def validate(trainer: Trainer) -> dict[str, float]:
+    """Loss and accuracy of the kept weights (the average, when there is one) on the
+    validation split."""
+    share_buffers_of_rank_0([trainer.model, trainer.evaluated], trainer.processes)
+    probabilities = trainer.validation(trainer.evaluated)
+    loss, accuracy = loss_and_accuracy(probabilities, trainer.val_labels)
+    return {"val_loss": loss, "val_accuracy": accuracy}
+
+
+def _result(trainer: Trainer, progress: Progress, rate: float) -> TrainResult:
+    """The best epoch's weights in a CPU copy of the whole network."""
+    final = copy.deepcopy(trainer.network).cpu()
+    best = {k: v.cpu() for k, v in progress.best_state.items()}
+    if trainer.config.finetune == "head":
+        final.net.get_classifier().load_state_dict(best)
+    else:
+        final.load_state_dict(best)
+    final.requires_grad_(True)
+    return TrainResult(
+        final.eval(),
+        _best_epoch(progress.history),
+        trainer.mean,
+        trainer.std,
+        progress.history,
+        rate,
+        trainer.processes.world,
+    )
+
+
+def _wrap(
+    model: nn.Module, device: torch.device, compile_model: bool, processes: Processes
+) -> Callable[[torch.Tensor], Any]:
+    """What training steps call: DistributedDataParallel in a torchrun job (it averages the
+    gradients across processes during backward; built anew when what trains changes), compiled
+    when asked. The module itself keeps the weights."""
+    forward: Any = model
+    if processes.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if compile_model:
+        forward = torch.compile(forward)
+    return forward  # type: ignore[no-any-return]
+
+
+def _no_sync(forward: Any) -> contextlib.AbstractContextManager[Any]:
+    """DDP's ``no_sync`` (gradients of all but an optimiser step's last part stay local)."""
+    module = getattr(forward, "_orig_mod", forward)  # a compiled wrapper keeps the original
+    return module.no_sync() if hasattr(module, "no_sync") else contextlib.nullcontext()
+
+
+def log_epoch(metric_logger: MetricLogger, record: dict[str, float]) -> None:
+    for name, value in record.items():
+        if name != "epoch":
+            metric_logger.log_metric(name.replace("_", "/", 1), value)
+    metric_logger.next_step()
+
+
+class Schedule:
+    """Per-step learning rate: timm's warm-up + cosine, or torch's one-cycle. Both keep the
+    per-group scale that layer-wise lr decay sets (timm's ``lr_scale``)."""
+
+    def __init__(
+        self,
+        name: Literal["cosine", "onecycle"],
+        optimizer: torch.optim.Optimizer,
+        lr: float,
+        total: int,
+        warmup: int,
+    ) -> None:
+        self.name = name
+        self.scheduler: Any
+        if name == "cosine":
+            self.scheduler = CosineLRScheduler(
+                optimizer,
+                t_initial=total,
+                warmup_t=warmup,
+                warmup_lr_init=lr / 100,
+                lr_min=lr / 100,
+                t_in_epochs=False,
+            )
+        elif name == "onecycle":
+            peaks = [lr * group.get("lr_scale", 1.0) for group in optimizer.param_groups]
+            self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer,
+                max_lr=peaks,
+                total_steps=total,
+                pct_start=max(warmup / total, 0.01),
+                div_factor=100,
+                final_div_factor=100,
+            )
+        else:
+            assert_never(name)
+
+    def step(self, step: int) -> None:
+        if self.name == "cosine":
+            self.scheduler.step_update(step)
+        elif step < self.scheduler.total_steps:  # OneCycleLR refuses to step past its end
+            self.scheduler.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.scheduler.state_dict())
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.scheduler.load_state_dict(state_dict)
+
+
+def epoch_order(
+    labels: np.ndarray, class_weights: torch.Tensor, balanced: bool, shuffler: torch.Generator
+) -> np.ndarray:
+    """This epoch's image order: a permutation, or (balanced) as many draws with replacement,
+    each class equally likely."""
+    if balanced:
+        weights = class_weights[torch.from_numpy(labels)]
+        return torch.multinomial(weights, len(labels), True, generator=shuffler).numpy()
+    return torch.randperm(len(labels), generator=shuffler).numpy()
+
+
+def class_weights(labels: np.ndarray, classes: int) -> torch.Tensor:
+    """1 / class frequency, scaled so that a balanced dataset gets all ones."""
+    counts = np.bincount(labels, minlength=classes).astype(np.float64)
+    weights = np.where(counts > 0, len(labels) / (classes * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def _rank(record: dict[str, float]) -> tuple[float, float]:
+    return record["val_accuracy"], -record["val_loss"]
+
+
+def _best_epoch(history: list[dict[str, float]]) -> int:
+    return int(max(history, key=_rank)["epoch"])
+
+
+def _is_better(record: dict[str, float], history: list[dict[str, float]]) -> bool:
+    return all(_rank(record) > _rank(other) for other in history[:-1])

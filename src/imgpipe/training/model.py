@@ -1,0 +1,169 @@
+"""The classifier: a timm network behind the normalisation it was trained with.
+
+:class:`Classifier` takes ``uint8`` images (``N x C x H x W``) and does the scaling and
+normalisation itself, so the checkpoint and the ONNX model carry everything a caller needs: feed
+them the decoded pixels from :func:`imgpipe.data.images.decode_image` and nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+from torch import nn
+
+from imgpipe.errors import ImgpipeError
+from imgpipe.io import atomic_path
+
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """Everything needed to use a trained model later, stored with its weights."""
+
+    architecture: str
+    classes: list[str]
+    image_size: int
+    channels: int
+    mean: list[float]  # per channel, in [0, 1] pixel units
+    std: list[float]
+    training: dict[str, Any] = field(default_factory=dict)  # best epoch, val metrics, ...
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelMeta:
+        return cls(**data)
+
+
+class Classifier(nn.Module):
+    """``uint8`` images in, logits (and optionally penultimate-layer embeddings) out."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    net: Any  # a timm model: forward_features / forward_head / get_classifier
+
+    def __init__(self, net: nn.Module, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * 255.0)
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float() - self.mean) / self.std
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(self.normalise(images))  # type: ignore[no-any-return]
+
+    def forward_with_embedding(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.net.forward_features(self.normalise(images))
+        embedding = self.net.forward_head(features, pre_logits=True)
+        return self.net.get_classifier()(embedding), embedding
+
+
+def create_network(
+    architecture: str,
+    num_classes: int,
+    channels: int,
+    pretrained: bool | str | Path = False,
+    drop_path: float = 0.0,
+) -> nn.Module:
+    """Any timm model by name, with its head sized for ``num_classes``.
+
+    ``pretrained=True`` loads timm's hub weights (needs network access to the hub); a path loads
+    a local weights file (``.pth``/``.bin``/``.safetensors``, a state dict of the same
+    architecture) through the same timm code. Either way timm adapts the first convolution to
+    ``channels`` (summing or repeating the RGB filters) and a head of another size is replaced.
+
+    ``drop_path`` is timm's stochastic depth rate, for the architectures that have it.
+
+    Raises:
+        ImgpipeError: no timm model of that name, the weights file is missing or does not fit,
+            or ``drop_path`` asked of an architecture without stochastic depth.
+    """
+    if not timm.is_model(architecture):
+        close = timm.list_models(f"*{architecture.split('_', maxsplit=1)[0]}*")[:5]
+        hint = f"; similar: {', '.join(close)}" if close else ""
+        raise ImgpipeError(f"model: timm has no model named '{architecture}'{hint}")
+    options: dict[str, Any] = {"drop_path_rate": drop_path} if drop_path else {}
+    if isinstance(pretrained, bool):
+        return _timm_model(
+            architecture, options, pretrained=pretrained, num_classes=num_classes, in_chans=channels
+        )
+    weights = Path(pretrained)
+    if not weights.is_file():
+        raise ImgpipeError(f"pretrained: weights file {weights} not found")
+    # timm drops the file's classifier only when its head size differs from the model's default,
+    # so the head is sized by timm's default first and replaced afterwards.
+    try:
+        net: Any = _timm_model(
+            architecture,
+            options,
+            pretrained=True,
+            in_chans=channels,
+            pretrained_cfg_overlay={"file": str(weights)},
+        )
+    except (RuntimeError, KeyError, ValueError) as error:
+        raise ImgpipeError(f"pretrained: {weights} does not fit {architecture}: {error}") from None
+    net.reset_classifier(num_classes)
+    return net  # type: ignore[no-any-return]
+
+
+def _timm_model(architecture: str, options: dict[str, Any], **arguments: Any) -> nn.Module:
+    """``timm.create_model``, naming drop_path when the architecture has no stochastic depth."""
+    try:
+        return timm.create_model(architecture, **arguments, **options)
+    except TypeError as error:
+        if options and "drop_path_rate" in str(error):
+            raise ImgpipeError(
+                f"drop_path: {architecture} has no stochastic depth; set drop_path: 0"
+            ) from None
+        raise
+
+
+def channel_statistics(images: Any, chunk: int = 4096) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std in [0, 1] of ``N x H x W x C`` uint8 images, read in chunks."""
+    total = torch.zeros(images.shape[-1], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    count = 0
+    for start in range(0, len(images), chunk):
+        block = torch.from_numpy(
+            np.array(images[start : start + chunk]).reshape(-1, images.shape[-1])
+        )
+        block = block.to(torch.float64) / 255.0
+        total += block.sum(0)
+        squares += (block**2).sum(0)
+        count += block.shape[0]
+    mean = total / count
+    std = (squares / count - mean**2).clamp_min(1e-12).sqrt()
+    return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
+
+
+def save_checkpoint(path: Path, model: Classifier, meta: ModelMeta) -> None:
+    """Write weights and metadata to one file, atomically."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(path) as temporary:
+        torch.save(
+            {"format": CHECKPOINT_FORMAT, "meta": meta.to_dict(), "state_dict": state}, temporary
+        )
+
+
+def load_checkpoint(path: Path) -> tuple[Classifier, ModelMeta]:
+    """Rebuild the model saved by :func:`save_checkpoint` (no hub access needed)."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ImgpipeError(f"{path}: model checkpoint not found") from None
+    if checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise ImgpipeError(f"{path}: not an imgpipe checkpoint of format {CHECKPOINT_FORMAT}")
+    meta = ModelMeta.from_dict(checkpoint["meta"])
+    net = create_network(meta.architecture, len(meta.classes), meta.channels)
+    model = Classifier(net, meta.mean, meta.std)
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval(), meta

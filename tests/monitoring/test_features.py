@@ -1,0 +1,55 @@
+import numpy as np
+
+from imgpipe.monitoring.features import baseline_summary, image_statistics, sample_images
+
+
+def test_statistics_move_with_inversion_and_blur() -> None:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 40, (6, 16, 16, 1), dtype=np.uint8)
+    images[:, 4:12, 4:12] = 230
+    stats = image_statistics(images)
+    inverted = image_statistics(255 - images)
+    np.testing.assert_allclose(stats["brightness"] + inverted["brightness"], 1.0, atol=1e-6)
+    np.testing.assert_allclose(stats["dark_fraction"], inverted["bright_fraction"])
+    blurred = images.astype(np.float32)
+    blurred[:, 1:-1, 1:-1] = (
+        sum(
+            blurred[:, 1 + dy : 15 + dy, 1 + dx : 15 + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)
+        )
+        / 9
+    )
+    assert (image_statistics(blurred.astype(np.uint8))["sharpness"] < stats["sharpness"]).all()
+
+
+def test_sampling_is_seeded_and_spans_all_parts() -> None:
+    parts = [np.arange(10)[:, None], np.arange(100, 105)[:, None]]
+    first = sample_images(parts, 8, seed=1)
+    assert len(first) == 8 and len(np.unique(first)) == 8
+    np.testing.assert_array_equal(first, sample_images(parts, 8, seed=1))
+    assert len(sample_images(parts, 100, seed=1)) == 15
+
+
+def test_summary_counts_predicted_shares() -> None:
+    import pandas as pd
+
+    table = pd.DataFrame(
+        {
+            **{
+                name: [0.1, 0.3]
+                for name in (
+                    "brightness",
+                    "contrast",
+                    "sharpness",
+                    "dark_fraction",
+                    "bright_fraction",
+                )
+            },
+            "predicted": ["a", "a"],
+            "confidence": [0.5, 1.0],
+            "emb_0": [0.0, 1.0],
+        }
+    )
+    summary = baseline_summary(table, ["a", "b"])
+    assert summary["predicted_share"] == {"a": 1.0, "b": 0.0}
+    assert summary["embedding_dims"] == 1
+    assert summary["mean_confidence"] == 0.75
