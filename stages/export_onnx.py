@@ -6,13 +6,10 @@ validation accuracy is within export.int8_max_drop of the fp32 model's."""
 import argparse
 import logging
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-
-from imgpipe.data.splits import SplitArrays, load_split
+from imgpipe.data.splits import load_split
 from imgpipe.export.onnx import check_parity, export_onnx
-from imgpipe.export.quantize import compare_int8, quantize_int8, rejection, summary
+from imgpipe.export.quantize import export_int8
 from imgpipe.io import atomic_path, file_sha256, write_json
 from imgpipe.params import load_params
 from imgpipe.stage import run_stage
@@ -46,7 +43,15 @@ def main() -> None:
     with atomic_path(args.out) as temporary:
         export_onnx(model, meta, temporary, p.opset, {"checkpoint_sha256": file_sha256(args.model)})
         parity = check_parity(temporary, model, images, p.tolerance)
-    int8 = export_int8(args, p.int8, p.calibration_images, p.int8_max_drop, val)
+    int8 = export_int8(
+        args.out,
+        args.int8,
+        args.train,
+        val,
+        enabled=p.int8,
+        calibration_images=p.calibration_images,
+        max_drop=p.int8_max_drop,
+    )
     write_json(
         args.metrics,
         int8
@@ -68,42 +73,6 @@ def main() -> None:
         parity.torch_ms_per_image,
         parity.onnxruntime_ms_per_image,
     )
-
-
-def export_int8(
-    args: argparse.Namespace,
-    enabled: bool,
-    calibration_images: int,
-    max_drop: float,
-    val: SplitArrays,
-) -> dict[str, Any]:
-    """The int8 model in --int8, when export.int8 is on and it passes the accuracy gate; the
-    folder is left empty otherwise. A refused int8 model is a warning, not a failed stage: the
-    fp32 model is good, and an experiment with a weak model should still record its metrics."""
-    with atomic_path(args.int8) as folder:
-        folder.mkdir()
-        if not enabled:
-            return {"int8": "off"}
-        train = load_split(args.train).images
-        rows = np.random.default_rng(0).permutation(len(train))[:calibration_images]
-        candidate = folder / "model.onnx"
-        quantize_int8(args.out, candidate, train[np.sort(rows)])
-        report = compare_int8(args.out, candidate, val.images, val.labels, len(rows))
-        refused = rejection(report, max_drop, args.int8 / "model.onnx")
-        if refused:
-            candidate.unlink()
-            log.warning(refused)
-            return {"int8": "rejected", **summary(report)}
-        size = candidate.stat().st_size
-    log.info(
-        "int8: val accuracy %.4f (fp32 %.4f), agreement %.4f; %.3f ms vs %.3f ms per image",
-        report.int8_accuracy,
-        report.fp32_accuracy,
-        report.agreement,
-        report.int8_ms_per_image,
-        report.fp32_ms_per_image,
-    )
-    return {"int8": "written", "int8_size_bytes": size, **summary(report)}
 
 
 if __name__ == "__main__":

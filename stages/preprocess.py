@@ -3,27 +3,20 @@ images together), decode and resize every image into uint8 arrays, and write a d
 listing counts per class and split, every skipped file, and duplicates across splits."""
 
 import argparse
-import logging
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from imgpipe.data.clips import expand_clips
+from imgpipe.data.data_report import data_report, log_data_report
 from imgpipe.data.layout import read_source_notes
-from imgpipe.data.preprocess import (
-    assign_splits,
-    data_report,
-    list_samples,
-    worker_count,
-    write_split,
-)
-from imgpipe.data.splits import SPLITS
+from imgpipe.data.preprocess import write_splits
+from imgpipe.data.samples import list_samples
+from imgpipe.data.splitting import assign_splits
 from imgpipe.data.video import FrameRate
+from imgpipe.data.workers import worker_count
 from imgpipe.io import write_json
 from imgpipe.params import load_params
 from imgpipe.stage import run_stage
-
-log = logging.getLogger("imgpipe.stages.preprocess")
 
 
 def main() -> None:
@@ -46,18 +39,15 @@ def main() -> None:
         splits = assign_splits(
             found, p.val_fraction, p.test_fraction, p.split_seed, grouped=grouped
         )
-        outcomes = {
-            split: write_split(
-                args.raw,
-                splits[split],
-                classes,
-                args.out / split,
-                image_size=p.image_size,
-                channels=p.channels,
-                workers=workers,
-            )
-            for split in SPLITS
-        }
+        outcomes = write_splits(
+            args.raw,
+            splits,
+            classes,
+            args.out,
+            image_size=p.image_size,
+            channels=p.channels,
+            workers=workers,
+        )
     report = data_report(
         classes,
         splits,
@@ -70,55 +60,7 @@ def main() -> None:
         source_notes=read_source_notes(args.raw),
     )
     write_json(args.report, report)
-    log.info(
-        "images per split %s (shares %s); %d skipped",
-        report["totals"],
-        report["split_fractions"],
-        report["skipped_count"],
-    )
-    if clips.clips:
-        log.info(
-            "video: %d frames from %d clips (%d skipped)",
-            clips.frames,
-            clips.clips,
-            len(clips.skipped),
-        )
-    if grouped:
-        warn_about_groups(report["groups"], args.report)
-    if report.get("links_outside_source"):
-        log.warning(
-            "%d symbolic links in the source point outside it; see %s",
-            len(report["links_outside_source"]),
-            args.report,
-        )
-    if report["empty_classes"]:
-        log.warning("classes without a single usable image: %s", report["empty_classes"])
-    if report["duplicate_groups"]:
-        log.warning(
-            "%d images appear in more than one class or split; see %s",
-            report["duplicate_groups"],
-            args.report,
-        )
-    near = report.get("near_duplicates", {}).get("pairs_count", 0)
-    if near:
-        log.warning(
-            "%d pairs of near-duplicate images (perceptual hashes within %d bits) sit "
-            "in different classes or splits; see %s",
-            near,
-            p.near_duplicate_distance,
-            args.report,
-        )
-
-
-def warn_about_groups(groups: dict[str, Any], report: Path) -> None:
-    log.info("groups per split %s", groups["per_split"])
-    for key, what in (
-        ("unmatched_count", "paths the group pattern does not match (each its own group)"),
-        ("spanning_classes_count", "groups with images in more than one class"),
-        ("in_several_splits_count", "groups in more than one split (a pre-split source)"),
-    ):
-        if groups[key]:
-            log.warning("%d %s; see %s", groups[key], what, report)
+    log_data_report(report, args.report)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,16 @@ def main() -> None:
         logging.getLogger().setLevel(logging.WARNING)
     train, val = load_split(args.data / "train"), load_split(args.data / "val")
     try:
-        train_and_save(args, config, processes, train, val)
+        train_and_save(
+            config,
+            processes,
+            train,
+            val,
+            live=args.live,
+            checkpoint=args.model,
+            state=args.state,
+            features=args.features,
+        )
     finally:
         stop_processes(processes)
     if processes.local_rank == 0:  # each node keeps its own copy of the state
@@ -57,26 +66,32 @@ def main() -> None:
 
 
 def train_and_save(
-    args: argparse.Namespace,
     config: TrainConfig,
     processes: Processes,
     train: SplitArrays,
     val: SplitArrays,
+    *,
+    live: Path,
+    checkpoint: Path,
+    state: Path,
+    features: Path,
 ) -> None:
-    with open_live(args.live) if processes.rank == 0 else nullcontext() as live:
+    """Train (resuming from ``state`` when it holds this run's progress), logging the curves to
+    the dvclive folder ``live``; rank 0 then writes the best epoch's model to ``checkpoint``."""
+    with open_live(live) if processes.rank == 0 else nullcontext() as logger:
         result = train_classifier(
             train,
             val,
             config,
-            metric_logger=live,
-            state_path=args.state,
-            feature_cache=args.features,
+            metric_logger=logger,
+            state_path=state,
+            feature_cache=features,
             processes=processes,
         )
         if processes.rank != 0:
             return
-        live.summary["best"] = result.best
-        live.summary["processes"] = result.processes  # torchrun world size that trained it
+        logger.summary["best"] = result.best
+        logger.summary["processes"] = result.processes  # torchrun world size that trained it
         meta = ModelMeta(
             architecture=config.model,
             classes=train.classes,
@@ -86,7 +101,7 @@ def train_and_save(
             std=result.std,
             training={"best_epoch": result.best_epoch, **result.best},
         )
-        save_checkpoint(args.model, result.model, meta)
+        save_checkpoint(checkpoint, result.model, meta)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,16 @@ from imgpipe.training.model import Classifier, ModelMeta, create_network
 from imgpipe.training.settings import TrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Per-test timeout of `slow` tests (pytest-timeout): end-to-end pipeline runs take minutes, far
+# over pyproject's default for the rest (300 s).
+SLOW_TIMEOUT_S = 1800
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give `slow` tests the longer timeout, unless they set their own."""
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S))
 
 
 def pattern_images(count: int, label: int, size: int = 32, seed: int = 0) -> np.ndarray:

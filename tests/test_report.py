@@ -124,8 +124,11 @@ def test_check_metrics_uses_the_tolerance(repo: Path, capsys: pytest.CaptureFixt
     assert main(["check-metrics", "--against", "HEAD", "--tolerance", "0.06", "--key", "ece"]) == 0
 
 
-def test_unknown_revision_is_a_clear_error(repo: Path) -> None:
+def test_unknown_revision_is_a_clear_error(repo: Path, caplog: pytest.LogCaptureFixture) -> None:
     assert main(["check-metrics", "--against", "no-such-rev"]) == 2
+    [error] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert error.startswith("dvc metrics diff no-such-rev")
+    assert "unknown Git revision 'no-such-rev'" in error  # DVC's own words say what was wrong
 
 
 def test_a_refused_int8_model_is_said_under_the_headline(repo: Path) -> None:

@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeAlias
 
 import yaml
 
@@ -16,6 +17,9 @@ from imgpipe.errors import ImgpipeError
 from imgpipe.runtime.classify import CLASSES_REPORTED, SERVED_MAX_PIXELS
 from imgpipe.serving.settings import ServeConfig
 from imgpipe.stage import configure_logging, log
+
+# What add_subparsers returns (argparse names no public type for it).
+_Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 def pipeline_path(name: str, dvc_yaml: Path = Path("dvc.yaml")) -> Path | None:
@@ -196,9 +200,9 @@ def _access_token(token_file: Path | None) -> str | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``imgpipe`` parser: one sub-command per handler above, each added by its own
+    ``_add_*`` function below."""
     onnx = pipeline_path("onnx")
-    model_help = f"ONNX file (default: dvc.yaml's {onnx})" if onnx else "ONNX file"
-    served = ServeConfig(model=Path())  # the service's defaults
     parser = argparse.ArgumentParser(
         prog="imgpipe",
         description="Tools around the imgpipe DVC pipeline. Run the pipeline itself with "
@@ -206,15 +210,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"imgpipe {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_check_params(commands)
+    _add_info(commands, onnx)
+    _add_predict(commands, onnx)
+    _add_drift(commands, onnx)
+    _add_report(commands)
+    _add_check_metrics(commands)
+    _add_serve(commands, onnx)
+    return parser
 
+
+def _model_help(onnx: Path | None) -> str:
+    return f"ONNX file (default: dvc.yaml's {onnx})" if onnx else "ONNX file"
+
+
+def _add_check_params(commands: _Commands) -> None:
     sub = commands.add_parser("check-params", help="validate params.yaml and exit")
     sub.add_argument("--params", type=Path, default=Path("params.yaml"), help="file to check")
     sub.set_defaults(handler=check_params)
 
+
+def _add_info(commands: _Commands, onnx: Path | None) -> None:
+    model_help = _model_help(onnx)
     sub = commands.add_parser("info", help="print the metadata embedded in an exported model")
     sub.add_argument("model", type=Path, nargs="?", default=onnx, help=model_help)
     sub.set_defaults(handler=info)
 
+
+def _add_predict(commands: _Commands, onnx: Path | None) -> None:
+    model_help = _model_help(onnx)
     sub = commands.add_parser(
         "predict",
         help="classify image and video files and folders with the exported model, in batches",
@@ -261,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.set_defaults(handler=predict)
 
+
+def _add_drift(commands: _Commands, onnx: Path | None) -> None:
+    model_help = _model_help(onnx)
     sub = commands.add_parser(
         "drift",
         help="compare images or logged features against the drift baseline (exit 1 on drift)",
@@ -299,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.set_defaults(handler=drift)
 
+
+def _add_report(commands: _Commands) -> None:
     sub = commands.add_parser(
         "report", help="markdown for a PR comment: metrics/params diff and plots vs a base rev"
     )
@@ -321,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.set_defaults(handler=report)
 
+
+def _add_check_metrics(commands: _Commands) -> None:
     sub = commands.add_parser(
         "check-metrics", help="exit 1 when metrics differ from a revision's beyond a tolerance"
     )
@@ -339,6 +370,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.set_defaults(handler=check_metrics)
 
+
+def _add_serve(commands: _Commands, onnx: Path | None) -> None:
+    model_help = _model_help(onnx)
+    served = ServeConfig(model=Path())  # the service's defaults
     sub = commands.add_parser(
         "serve",
         help="HTTP service for the exported model: POST /predict, GET /health /metrics /docs /",
@@ -376,6 +411,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--threads", type=int, default=served.threads, help="onnxruntime threads (0: all cores)"
     )
+    _add_serve_logging(sub, served)
+    sub.add_argument(
+        "--token-file",
+        type=Path,
+        help="require `Authorization: Bearer <token>` on /predict, the token read "
+        "from this file (or set IMGPIPE_TOKEN); /health stays open",
+    )
+    sub.add_argument(
+        "--token-for-metrics", action="store_true", help="require the token on /metrics too"
+    )
+    sub.add_argument("--log-level", default="info", help="uvicorn log level")
+    sub.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="log one line per request",
+    )
+    sub.set_defaults(handler=serve)
+
+
+def _add_serve_logging(sub: argparse.ArgumentParser, served: ServeConfig) -> None:
+    """``serve``'s options for the feature log that ``imgpipe drift --current`` reads."""
     sub.add_argument(
         "--feature-log",
         type=Path,
@@ -395,25 +452,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=served.feature_log_backups,
         help="rotated files kept",
     )
-    sub.add_argument(
-        "--token-file",
-        type=Path,
-        help="require `Authorization: Bearer <token>` on /predict, the token read "
-        "from this file (or set IMGPIPE_TOKEN); /health stays open",
-    )
-    sub.add_argument(
-        "--token-for-metrics", action="store_true", help="require the token on /metrics too"
-    )
-    sub.add_argument("--log-level", default="info", help="uvicorn log level")
-    sub.add_argument(
-        "--access-log",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="log one line per request",
-    )
-    sub.set_defaults(handler=serve)
-
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

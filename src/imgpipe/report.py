@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,24 +169,14 @@ def markdown(
     *,
     relative_to: Path,
     per_class: tuple[list[dict[str, str]], list[dict[str, str]]] = ([], []),
-    withheld: list[str] = (),  # type: ignore[assignment]
+    withheld: Sequence[str] = (),
     threshold: float = 0.005,
 ) -> str:
     """The PR comment, what moved first: the headline metrics with deltas and a regression
     mark beyond ``threshold``, the changed params, then (collapsed) every other metric that
     moved, the per-class scores and the drift-baseline shares, and the plots."""
     lines = [f"## imgpipe: this change against `{base}`", ""]
-    headline = sorted(
-        (c for c in metrics if c.key in HEADLINE),
-        key=lambda c: (HEADLINE.index(c.key), c.file),
-    )
-    if headline:
-        rows = [
-            [c.key, _cell(c.old), _cell(c.new), _delta(c), _verdict(c, threshold)] for c in headline
-        ]
-        lines += _table(["metric", "base", "this change", "delta", f"beyond {threshold:g}"], rows)
-    else:
-        lines.append("No headline metrics found.")
+    lines += _headline(metrics, threshold)
     lines += _int8_refusal(metrics)
     lines += ["", "### Params", ""]
     if params:
@@ -200,24 +191,7 @@ def markdown(
         rows = [[c.file, c.key, _cell(c.old), _cell(c.new), _delta(c)] for c in moved]
         header = ["file", "metric", "base", "this change", "delta"]
         lines += _details(f"Other metrics that moved ({len(moved)})", _table(header, rows))
-    old_rows, new_rows = per_class
-    if new_rows:
-        before = {row["class"]: row for row in old_rows}
-        rows = [
-            [
-                row["class"],
-                _cell(_number(before.get(row["class"], {}).get("f1"))),
-                _cell(_number(row["f1"])),
-                _cell(_number(row["precision"])),
-                _cell(_number(row["recall"])),
-                row["support"],
-            ]
-            for row in new_rows
-        ]
-        lines += _details(
-            f"Per-class scores ({len(new_rows)} classes)",
-            _table(["class", "F1 base", "F1", "precision", "recall", "support"], rows),
-        )
+    lines += _per_class(*per_class)
     drift = [c for c in metrics if c.file == DRIFT_SUMMARY and c.old != c.new]
     if drift:
         rows = [[c.key, _cell(c.old), _cell(c.new), _delta(c)] for c in drift]
@@ -225,6 +199,49 @@ def markdown(
             "Drift baseline (predicted shares and image statistics)",
             _table(["key", "base", "this change", "delta"], rows),
         )
+    lines += _plots(plots, relative_to, withheld)
+    return "\n".join(lines) + "\n"
+
+
+def _headline(metrics: list[Change], threshold: float) -> list[str]:
+    """The headline metrics' table, in :data:`HEADLINE` order."""
+    headline = sorted(
+        (c for c in metrics if c.key in HEADLINE),
+        key=lambda c: (HEADLINE.index(c.key), c.file),
+    )
+    if not headline:
+        return ["No headline metrics found."]
+    rows = [
+        [c.key, _cell(c.old), _cell(c.new), _delta(c), _verdict(c, threshold)] for c in headline
+    ]
+    return _table(["metric", "base", "this change", "delta", f"beyond {threshold:g}"], rows)
+
+
+def _per_class(old_rows: list[dict[str, str]], new_rows: list[dict[str, str]]) -> list[str]:
+    """The per-class scores (collapsed), F1 beside the base's."""
+    if not new_rows:
+        return []
+    before = {row["class"]: row for row in old_rows}
+    rows = [
+        [
+            row["class"],
+            _cell(_number(before.get(row["class"], {}).get("f1"))),
+            _cell(_number(row["f1"])),
+            _cell(_number(row["precision"])),
+            _cell(_number(row["recall"])),
+            row["support"],
+        ]
+        for row in new_rows
+    ]
+    return _details(
+        f"Per-class scores ({len(new_rows)} classes)",
+        _table(["class", "F1 base", "F1", "precision", "recall", "support"], rows),
+    )
+
+
+def _plots(plots: list[tuple[str, Path]], relative_to: Path, withheld: Sequence[str]) -> list[str]:
+    """The plots' images, and a line naming the image plots of test data left out."""
+    lines: list[str] = []
     if plots:
         lines += ["", "### Plots", ""]
         lines += [f"![{name}]({path.relative_to(relative_to).as_posix()})" for name, path in plots]
@@ -234,7 +251,7 @@ def markdown(
             f"Image plots of test data not included (privacy): {', '.join(withheld)}. "
             "`dvc plots diff` shows them locally; `--data-images` puts them in the report.",
         ]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _int8_refusal(metrics: list[Change]) -> list[str]:

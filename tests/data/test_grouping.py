@@ -8,14 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgpipe.data.preprocess import (
-    PreprocessError,
-    Sample,
-    assign_splits,
-    data_report,
-    list_samples,
-    write_split,
-)
+from imgpipe.data.data_report import data_report
+from imgpipe.data.preprocess import write_split
+from imgpipe.data.samples import PreprocessError, Sample, list_samples
+from imgpipe.data.splitting import assign_splits
 from imgpipe.params import ParamsError, parse_params
 from tests.test_params import committed
 

@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
+from imgpipe.data.data_report import data_report
 from imgpipe.data.near_duplicates import Place, near_duplicate_pairs
-from imgpipe.data.preprocess import data_report, list_samples, write_split
+from imgpipe.data.preprocess import write_split
+from imgpipe.data.samples import list_samples
 
 
 def photo(seed: int) -> Image.Image:

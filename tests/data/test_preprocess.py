@@ -4,14 +4,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imgpipe.data.preprocess import (
-    PreprocessError,
-    assign_splits,
-    data_report,
-    list_samples,
-    write_split,
-)
+from imgpipe.data.data_report import data_report
+from imgpipe.data.preprocess import write_split
+from imgpipe.data.samples import PreprocessError, list_samples
 from imgpipe.data.splits import load_split
+from imgpipe.data.splitting import assign_splits
 from tests.conftest import write_image_folder
 
 
@@ -106,7 +103,7 @@ def test_same_image_in_two_classes_or_splits_is_reported(
 def test_bombs_and_truncated_files_are_listed_with_their_reason(
     image_folder: Path, tmp_path: Path
 ) -> None:
-    from tests.serving.test_serve import big_png_header
+    from tests.serving.live import big_png_header
 
     (image_folder / "left" / "bomb.png").write_bytes(big_png_header(9000, 9000))
     whole = (image_folder / "right" / "000.png").read_bytes()

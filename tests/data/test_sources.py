@@ -57,8 +57,10 @@ def test_a_local_folder_is_copied_through_its_links_and_outside_links_are_report
     """Links are followed for a folder the user chose (a linked folder of images is not lost),
     a link back to an ancestor does not loop, and links leaving the folder reach the data
     report with their targets."""
+    from imgpipe.data.data_report import data_report
     from imgpipe.data.layout import read_source_notes
-    from imgpipe.data.preprocess import data_report, list_samples, write_split
+    from imgpipe.data.preprocess import write_split
+    from imgpipe.data.samples import list_samples
 
     source = write_image_folder(tmp_path / "source")
     outside = write_image_folder(tmp_path / "elsewhere")
@@ -87,3 +89,17 @@ def test_a_local_folder_is_copied_through_its_links_and_outside_links_are_report
     )
     report = data_report(classes, {"train": found[None]}, {"train": outcome}, source_notes=notes)
     assert report["links_outside_source"] == notes["links_outside_source"]
+
+
+def test_files_below_walks_every_depth_sorted_without_os_junk(tmp_path: Path) -> None:
+    from imgpipe.data.layout import files_below
+
+    for name in ["b/2.png", "a/deep/1.png", "a/0.png", "__MACOSX/a/0.png", ".cache/x", "._0.png"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "empty").mkdir()
+    assert [p.relative_to(tmp_path).as_posix() for p in files_below(tmp_path)] == [
+        "a/0.png",
+        "a/deep/1.png",
+        "b/2.png",
+    ]

@@ -3,10 +3,13 @@ import itertools
 import numpy as np
 import torch
 
+from imgpipe.data.splits import SplitArrays
 from imgpipe.evaluation.metrics import (
     classification_metrics,
     confusion_rows,
     misclassified_rows,
+    score_split,
+    tta_headline,
     tta_views,
 )
 
@@ -102,34 +105,51 @@ def test_one_vs_rest_curves_separate_and_overlap() -> None:
         assert all(x >= y for x, y in itertools.pairwise(curve))
 
 
-def test_misclassified_grid_shows_the_worst_first() -> None:
-    from imgpipe.evaluation.metrics import misclassified_grid
-
-    images = np.stack([np.full((8, 8, 1), 40 * i, np.uint8) for i in range(5)])
-    labels = np.array([0, 0, 0, 1, 1])
-    probabilities = np.array([[0.9, 0.1], [0.3, 0.7], [0.1, 0.9], [0.2, 0.8], [0.6, 0.4]])
-    sheet = misclassified_grid(images, labels, probabilities, ["x", "y"], tile=20)
-    assert sheet.size == (6 * 20, 20 + 14)  # three wrong images: one row of six slots
-    # Most confidently wrong first: image 2 (0.9), then image 1 (0.7); image 4 (0.6) too.
-    assert sheet.getpixel((10, 10)) == (80, 80, 80)
-    assert sheet.getpixel((30, 10)) == (40, 40, 40)
-    assert sheet.getpixel((50, 10)) == (160, 160, 160)
+def three_classes(labels: list[int]) -> SplitArrays:
+    images = np.zeros((len(labels), 4, 4, 1), np.uint8)
+    files = [f"{i}.png" for i in range(len(labels))]
+    return SplitArrays(images, np.array(labels), ["a", "b", "c"], files)
 
 
-def test_gradcam_grid_shows_where_the_wrong_images_were_looked_at() -> None:
-    from imgpipe.evaluation.metrics import gradcam_grid
-    from imgpipe.training.inference import predict_split
-    from imgpipe.training.loop import train_classifier
-    from tests.conftest import make_split, train_config
+def test_score_split_adds_calibration_and_separability_to_the_metrics() -> None:
+    split = three_classes([0, 0, 1, 1, 2, 2])
+    probabilities = np.array(
+        [
+            [0.9, 0.05, 0.05],
+            [0.8, 0.1, 0.1],
+            [0.1, 0.6, 0.3],
+            [0.1, 0.3, 0.6],
+            [0.1, 0.3, 0.6],
+            [0.1, 0.6, 0.3],
+        ]
+    )
+    metrics, per_class = score_split(split, probabilities)
+    headline, rows = classification_metrics(split.labels, probabilities, split.classes)
+    assert {k: metrics[k] for k in headline} == headline
+    # 15 bins: 0.9 and 0.8 alone and right, 0.6 four times and half right.
+    assert metrics["ece"] == round((0.1 + 0.2 + 4 * 0.1) / 6, 6)
+    roc_auc = [row["roc_auc"] for row in per_class]
+    assert roc_auc[0] == 1.0 and roc_auc[1] == roc_auc[2] == 0.75
+    assert metrics["macro_roc_auc"] == round(2.5 / 3, 6)
+    assert per_class[0] == rows[0] | {"roc_auc": 1.0, "average_precision": 1.0}
+    assert metrics["macro_average_precision"] == round(
+        sum(row["average_precision"] for row in per_class) / 3, 6
+    )
 
-    model = train_classifier(make_split(24, seed=1), make_split(8, seed=2), train_config()).model
-    split = make_split(3, seed=5)
-    probabilities = predict_split(model, split, 8, torch.device("cpu")).numpy()
-    told = 1 - probabilities.argmax(1)  # labels that make every prediction a mistake
-    sheet = gradcam_grid(model, split.images, told, probabilities, split.classes, tile=40)
-    assert sheet.size == (6 * 40, 40 + 14)
-    tiles = [np.asarray(sheet.crop((x * 40 + 2, 2, x * 40 + 38, 38))) for x in range(6)]
-    # Over a grey image, red minus blue is the heat map's alone: it must vary within a tile.
-    heat = [t[..., 0].astype(int) - t[..., 2].astype(int) for t in tiles]
-    assert all(h.std() > 1 for h in heat)
-    assert not all(np.array_equal(heat[0], h) for h in heat[1:])
+
+def test_score_split_averages_over_the_classes_present_only() -> None:
+    probabilities = np.array([[0.7, 0.2, 0.1], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1]])
+    metrics, per_class = score_split(three_classes([0, 1, 1]), probabilities)
+    assert "roc_auc" not in per_class[2]  # no image of class c: its AUC is undefined
+    assert metrics["macro_roc_auc"] == round((1.0 + 1.0) / 2, 6)
+    metrics, per_class = score_split(three_classes([1, 1, 1]), probabilities)
+    assert metrics["macro_roc_auc"] is None and metrics["macro_average_precision"] is None
+
+
+def test_tta_headline_names_the_augmented_scores() -> None:
+    split = three_classes([0, 1, 2, 2])
+    augmented = np.eye(3)[[0, 1, 2, 0]]
+    assert tta_headline(split, augmented) == {
+        "tta_accuracy": 0.75,
+        "tta_macro_f1": round((2 / 3 + 1 + 2 / 3) / 3, 6),
+    }

@@ -15,7 +15,7 @@ from schemathesis.core.result import Ok
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from imgpipe.serving.settings import ServeConfig
-from tests.serving.test_serve import LiveServer
+from tests.serving.live import LiveServer
 
 
 @pytest.fixture(scope="module", params=[None, "schema-token"], ids=["open", "token"])

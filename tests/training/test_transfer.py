@@ -18,7 +18,11 @@ from imgpipe.training.distributed import Processes
 from imgpipe.training.loop import build_trainer, train_classifier, train_step
 from imgpipe.training.model import create_network
 from imgpipe.training.resume import Progress
-from imgpipe.training.transfer import frozen_parameter_names, head_parameter_names
+from imgpipe.training.transfer import (
+    frozen_in_epoch,
+    frozen_parameter_names,
+    head_parameter_names,
+)
 from tests.conftest import make_split
 from tests.conftest import train_config as tiny_config
 from tests.training.test_loop import CrashAtEpoch, CrashError
@@ -71,6 +75,28 @@ def test_freezing_the_first_groups(weights: str) -> None:
     moved = changed(before, result.model.state_dict())
     assert not any(name.startswith(("net.conv1", "net.bn1", "net.layer1")) for name in moved)
     assert any(name.startswith("net.layer4") for name in moved)
+
+
+def test_the_freeze_schedule_names_what_each_epoch_keeps_fixed() -> None:
+    net = create_network("test_resnet", 2, 1)
+    backbone = frozenset(frozen_parameter_names(net, "backbone"))
+    first_two = frozenset(frozen_parameter_names(net, 2))
+    assert backbone and first_two and first_two < backbone
+
+    def frozen(epoch: int, **settings: object) -> frozenset[str]:
+        chosen: dict[str, object] = {"finetune": "full", "freeze": "none", "freeze_epochs": 0}
+        return frozen_in_epoch(net, epoch, **(chosen | settings))  # type: ignore[arg-type]
+
+    assert frozen(1) == frozen(5) == frozenset()
+    assert frozen(1, freeze="backbone") == frozen(5, freeze="backbone") == backbone
+    assert frozen(3, freeze=2) == first_two
+    # freeze_epochs: the head alone warms up (epochs 1 and 2), then `freeze` takes over.
+    warm_up = {"freeze_epochs": 2, "freeze": 2}
+    assert [frozen(e, **warm_up) for e in (1, 2, 3, 4)] == [backbone] * 2 + [first_two] * 2
+    assert frozen(3, freeze_epochs=2) == frozenset()
+    # finetune: head trains the classifier module itself: nothing in it is frozen.
+    assert frozen(1, finetune="head", freeze="backbone", freeze_epochs=2) == frozenset()
+    assert all(p.requires_grad for p in net.parameters())  # it only reads the network
 
 
 def test_freeze_epochs_train_the_head_alone_first(weights: str, tmp_path: Path) -> None:

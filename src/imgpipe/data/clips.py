@@ -10,17 +10,16 @@ A clip that cannot be opened, fails part way or holds no frame is skipped with i
 
 from __future__ import annotations
 
-import multiprocessing
 import shutil
-from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from imgpipe.data.preprocess import Sample
+from imgpipe.data.samples import Sample
 from imgpipe.data.video import FrameRate, VideoDecodeError, is_video, iter_frames
+from imgpipe.data.workers import fork_map
 
 
 @dataclass
@@ -54,7 +53,9 @@ def expand_clips(
     jobs = [(raw_root / s.path, scratch / s.path, rate) for _, s in clips]
     frames_of: dict[Path, list[int]] = {}
     progress = tqdm(total=len(jobs), desc="frames", unit="clip")
-    for (split, clip), (indices, reason) in zip(clips, _run(jobs, workers), strict=True):
+    for (split, clip), (indices, reason) in zip(
+        clips, fork_map(_extract, jobs, workers), strict=True
+    ):
         progress.update()
         outcome.clips += 1
         if reason is not None:
@@ -85,14 +86,6 @@ def expand_clips(
 
 _Job = tuple[Path, Path, FrameRate]
 _Result = tuple[list[int], str | None]
-
-
-def _run(jobs: list[_Job], workers: int) -> Iterable[_Result]:
-    if workers <= 1 or len(jobs) == 1:
-        yield from map(_extract, jobs)
-        return
-    with multiprocessing.get_context("fork").Pool(min(workers, len(jobs))) as pool:
-        yield from pool.imap(_extract, jobs)
 
 
 def _extract(job: _Job) -> _Result:

@@ -38,6 +38,12 @@ def has_junk_part(path: Path, root: Path) -> bool:
     return any(is_junk(part) for part in path.relative_to(root).parts)
 
 
+def files_below(folder: Path) -> list[Path]:
+    """Every file below ``folder``, at any depth, sorted, OS junk (and what lies under it) left
+    out."""
+    return [p for p in sorted(folder.rglob("*")) if p.is_file() and not has_junk_part(p, folder)]
+
+
 def read_source_notes(raw_root: Path) -> dict[str, Any]:
     """What download noted about the source (:data:`SOURCE_NOTES`), or nothing."""
     notes = raw_root / SOURCE_NOTES

@@ -10,6 +10,7 @@ the fp32 one does.
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import time
 from dataclasses import dataclass
@@ -19,9 +20,16 @@ from typing import Any
 import numpy as np
 import onnx
 
+from imgpipe.data.splits import SplitArrays, load_split
+from imgpipe.io import atomic_path
 from imgpipe.runtime.onnx_model import INPUT_NAME, METADATA_KEY, OnnxClassifier
 
+log = logging.getLogger(__name__)
+
 LATENCY_BATCH = 64  # images per call when timing both models
+# Draws which training images calibrate. Fixed, so a rerun writes the same int8 file; changing
+# it changes the calibration set, hence the int8 model and metrics/export.json.
+CALIBRATION_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -32,6 +40,67 @@ class Int8Report:
     fp32_ms_per_image: float
     int8_ms_per_image: float
     calibration_images: int
+
+
+def export_int8(
+    fp32: Path,
+    folder: Path,
+    train: Path,
+    val: SplitArrays,
+    *,
+    enabled: bool,
+    calibration_images: int,
+    max_drop: float,
+) -> dict[str, Any]:
+    """Write the int8 model of ``fp32`` as ``folder``/model.onnx when ``enabled`` and it passes
+    the accuracy gate (:func:`rejection`); ``folder`` is left empty otherwise. A refused int8
+    model is a warning, not an error: the fp32 model is good, and an experiment with a weak
+    model should still record its metrics.
+
+    Args:
+        fp32: the exported fp32 model.
+        folder: the int8 folder (replaced atomically).
+        train: the training split's folder, read only when ``enabled``, to calibrate on
+            ``calibration_images`` of its images (:func:`calibration_rows`).
+        val: the split both models are scored on.
+        enabled: export.int8.
+        calibration_images: export.calibration_images.
+        max_drop: export.int8_max_drop, the validation accuracy int8 may lose.
+
+    Returns:
+        What goes into metrics/export.json: ``int8`` is ``off``, ``rejected`` or ``written``.
+    """
+    with atomic_path(folder) as temporary:
+        temporary.mkdir()
+        if not enabled:
+            return {"int8": "off"}
+        images = load_split(train).images
+        rows = calibration_rows(len(images), calibration_images)
+        candidate = temporary / "model.onnx"
+        quantize_int8(fp32, candidate, images[rows])
+        report = compare_int8(fp32, candidate, val.images, val.labels, len(rows))
+        refused = rejection(report, max_drop, folder / "model.onnx")
+        if refused:
+            candidate.unlink()
+            log.warning(refused)
+            return {"int8": "rejected", **summary(report)}
+        size = candidate.stat().st_size
+    log.info(
+        "int8: val accuracy %.4f (fp32 %.4f), agreement %.4f; %.3f ms vs %.3f ms per image",
+        report.int8_accuracy,
+        report.fp32_accuracy,
+        report.agreement,
+        report.int8_ms_per_image,
+        report.fp32_ms_per_image,
+    )
+    return {"int8": "written", "int8_size_bytes": size, **summary(report)}
+
+
+def calibration_rows(available: int, wanted: int, seed: int = CALIBRATION_SEED) -> np.ndarray:
+    """Which of ``available`` training images calibrate: ``wanted`` of them (all when there
+    are fewer) drawn at random, in ascending order (sequential reads of a memory-mapped
+    split)."""
+    return np.sort(np.random.default_rng(seed).permutation(available)[:wanted])
 
 
 def quantize_int8(fp32: Path, destination: Path, calibration: np.ndarray) -> None:

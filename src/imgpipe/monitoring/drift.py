@@ -16,21 +16,17 @@ import numpy as np
 import pandas as pd
 
 from imgpipe.data.images import ImageDecodeError, decode_image
-from imgpipe.data.layout import has_junk_part
+from imgpipe.data.layout import files_below
 from imgpipe.errors import ImgpipeError
 from imgpipe.io import atomic_path, write_json
 from imgpipe.monitoring.features import STATISTIC_COLUMNS, feature_table
 from imgpipe.runtime.onnx_model import OnnxClassifier
+from imgpipe.runtime.tables import TABLE_FORMATS, TABLE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
 FEATURE_COLUMNS = [*STATISTIC_COLUMNS, "confidence"]
 CATEGORY_COLUMNS = ["predicted"]
-TABLE_READERS = {
-    ".parquet": pd.read_parquet,
-    ".csv": pd.read_csv,
-    ".jsonl": lambda path: pd.read_json(path, lines=True),
-}
 
 
 @dataclass(frozen=True)
@@ -44,22 +40,21 @@ def current_features(source: Path, classifier: OnnxClassifier) -> pd.DataFrame:
     table (.parquet, .csv, .jsonl) with the columns the drift baseline has."""
     if source.is_dir():
         return _features_of_folder(source, classifier)
-    reader = TABLE_READERS.get(source.suffix.lower())
-    if reader is None:
+    suffix = source.suffix.lower()
+    if suffix not in TABLE_FORMATS:
         raise ImgpipeError(
-            f"--current {source}: expected a folder of images or a {', '.join(TABLE_READERS)} file"
+            f"--current {source}: expected a folder of images or a {', '.join(TABLE_SUFFIXES)} file"
         )
+    _, read = TABLE_FORMATS[suffix]
     try:
-        return reader(source)
+        return read(source)
     except FileNotFoundError:
         raise ImgpipeError(f"--current {source}: file not found") from None
 
 
 def _features_of_folder(folder: Path, classifier: OnnxClassifier) -> pd.DataFrame:
     decoded, skipped = [], 0
-    for path in sorted(folder.rglob("*")):
-        if not path.is_file() or has_junk_part(path, folder):
-            continue
+    for path in files_below(folder):
         try:
             decoded.append(decode_image(path, classifier.image_size, classifier.channels))
         except ImageDecodeError as reason:
@@ -81,42 +76,13 @@ def compare(
 ) -> DriftResult:
     """Run the drift checks; drift is detected when at least ``drift_share`` of the per-image
     features drift or the embedding classifier's ROC AUC exceeds ``embedding_threshold``."""
-    from evidently import DataDefinition, Dataset, Report
     from evidently.legacy.metrics.data_drift.embedding_drift_methods import model as classifier
-    from evidently.presets import DataDriftPreset
 
     embedding_columns = [c for c in reference.columns if c.startswith("emb_")]
     missing = sorted(set(FEATURE_COLUMNS + CATEGORY_COLUMNS + embedding_columns) - set(current))
     if missing:
         raise ImgpipeError(f"current data lacks the baseline's columns: {', '.join(missing[:8])}")
-    columns = FEATURE_COLUMNS + CATEGORY_COLUMNS
-    definition = DataDefinition(
-        numerical_columns=FEATURE_COLUMNS, categorical_columns=CATEGORY_COLUMNS
-    )
-    report = Report([DataDriftPreset(drift_share=drift_share)], include_tests=True)
-    snapshot = report.run(
-        Dataset.from_pandas(current[columns], data_definition=definition),
-        Dataset.from_pandas(reference[columns], data_definition=definition),
-    )
-    if html is not None:
-        with atomic_path(html) as temporary:
-            snapshot.save_html(str(temporary))
-    result = snapshot.dict()
-    failed = {t["metric_config"]["metric_id"] for t in result["tests"] if t["status"] == "FAIL"}
-    metrics = result["metrics"]
-    share = next(m["value"]["share"] for m in metrics if "DriftedColumnsCount" in m["metric_name"])
-    # The score is a p-value or a distance depending on the method Evidently picked for the
-    # column and sample size; its own test says whether that column drifted.
-    features = {
-        m["config"]["column"]: {
-            "score": round(float(m["value"]), 6),
-            "method": m["config"]["method"],
-            "threshold": m["config"]["threshold"],
-            "drift_detected": m["id"] in failed,
-        }
-        for m in metrics
-        if m["config"]["type"].endswith("ValueDrift")
-    }
+    share, features = _feature_drift(reference, current, drift_share, html)
     score, embedding_drift, _ = classifier(threshold=embedding_threshold)(
         current[embedding_columns], reference[embedding_columns]
     )
@@ -138,6 +104,46 @@ def compare(
         },
     }
     return DriftResult(summary["drift_detected"], summary)
+
+
+def _feature_drift(
+    reference: pd.DataFrame, current: pd.DataFrame, drift_share: float, html: Path | None
+) -> tuple[float, dict[str, dict[str, Any]]]:
+    """Evidently's ``DataDriftPreset`` over the per-image features (its HTML report written to
+    ``html``): the share of features that drifted, and each feature's score and verdict."""
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.core.metric_types import CountValue, SingleValue
+    from evidently.legacy.tests.base_test import TestStatus
+    from evidently.presets import DataDriftPreset
+
+    columns = FEATURE_COLUMNS + CATEGORY_COLUMNS
+    definition = DataDefinition(
+        numerical_columns=FEATURE_COLUMNS, categorical_columns=CATEGORY_COLUMNS
+    )
+    report = Report([DataDriftPreset(drift_share=drift_share)], include_tests=True)
+    snapshot = report.run(
+        Dataset.from_pandas(current[columns], data_definition=definition),
+        Dataset.from_pandas(reference[columns], data_definition=definition),
+    )
+    if html is not None:
+        with atomic_path(html) as temporary:
+            snapshot.save_html(str(temporary))
+    results = list(snapshot.metric_results.values())
+    # The preset's DriftedColumnsCount is its one count-and-share result.
+    share = next(r.share.value for r in results if isinstance(r, CountValue))
+    # The score is a p-value or a distance depending on the method Evidently picked for the
+    # column and sample size; its own test says whether that column drifted.
+    features = {}
+    for result in results:
+        config = result.metric_value_location.metric.params
+        if isinstance(result, SingleValue) and config["type"].endswith("ValueDrift"):
+            features[config["column"]] = {
+                "score": round(float(result.value), 6),
+                "method": config["method"],
+                "threshold": config["threshold"],
+                "drift_detected": any(t.status == TestStatus.FAIL for t in result.tests),
+            }
+    return float(share), features
 
 
 def run_drift(

@@ -7,7 +7,6 @@ them (:func:`~imgpipe.data.images.prepare_image`), one at a time."""
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -18,15 +17,15 @@ from typing import IO, Any
 import numpy as np
 
 from imgpipe.data.images import ImageDecodeError, prepare_image
-from imgpipe.data.layout import has_junk_part
+from imgpipe.data.layout import files_below
 from imgpipe.data.video import FrameRate, VideoDecodeError, is_video, iter_frames
 from imgpipe.errors import ImgpipeError
 from imgpipe.io import atomic_path
 from imgpipe.runtime.classify import DecodePolicy, top_classes
 from imgpipe.runtime.onnx_model import OnnxClassifier, embedding_column_names
+from imgpipe.runtime.tables import TABLE_FORMATS, TABLE_SUFFIXES
 
 BATCH = 64  # images per onnxruntime call
-TABLE_SUFFIXES = (".csv", ".parquet", ".jsonl")
 
 
 @dataclass(frozen=True)
@@ -47,9 +46,7 @@ def find_inputs(paths: Sequence[Path]) -> list[Path]:
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found += [
-                p for p in sorted(path.rglob("*")) if p.is_file() and not has_junk_part(p, path)
-            ]
+            found += files_below(path)
         elif path.exists():
             found.append(path)
         else:
@@ -184,24 +181,7 @@ def write_predictions(
     if output is None:
         stream.writelines(json.dumps(row) + "\n" for row in rows)
         return len(rows), errors
+    write, _ = TABLE_FORMATS[suffix]
     with atomic_path(output) as temporary:
-        if suffix == ".parquet":
-            _write_parquet(rows, names, temporary)
-        else:
-            with temporary.open("w", newline="", encoding="utf-8") as handle:
-                if suffix == ".csv":
-                    writer = csv.DictWriter(handle, fieldnames=names)
-                    writer.writeheader()
-                    writer.writerows(rows)
-                else:
-                    handle.writelines(json.dumps(row) + "\n" for row in rows)
+        write(rows, names, temporary)
     return len(rows), errors
-
-
-def _write_parquet(rows: list[dict[str, Any]], names: list[str], target: Path) -> None:
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise ImgpipeError("--output .parquet needs pyarrow (pip install pyarrow)") from None
-    pq.write_table(pa.Table.from_pylist(rows).select(names), target)

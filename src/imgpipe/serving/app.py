@@ -18,7 +18,7 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from importlib import resources
 from typing import Annotated, Any
 
@@ -128,8 +128,33 @@ def token_check(token: str | None) -> Callable[..., Awaitable[None]]:
 def create_app(config: ServeConfig) -> FastAPI:
     """The service for one model. Loading happens here, so a bad model fails at start-up."""
     classifier = OnnxClassifier(config.model, threads=config.threads, spin=False)
-    policy = DecodePolicy(max_pixels=config.max_pixels)
-    identity = ModelIdentity(
+    identity = _model_identity(config, classifier)
+    metrics = ServiceMetrics(classifier.classes)
+    app = FastAPI(
+        title="imgpipe",
+        version=__version__,
+        summary="Image classification with the pipeline's exported ONNX model",
+        lifespan=_lifespan(config, classifier, metrics, identity),
+    )
+    app.add_middleware(RequestGuard, metrics=metrics, max_body_bytes=config.max_upload_bytes)
+    _add_error_handlers(app, metrics)
+    # One dependency for every guarded route (and one bearer scheme in the OpenAPI schema).
+    authorised = [Depends(token_check(config.token))] if config.token else []
+    _add_predict(
+        app,
+        config=config,
+        classifier=classifier,
+        metrics=metrics,
+        identity=identity,
+        authorised=authorised,
+    )
+    metrics_guard = authorised if config.token_for_metrics else []
+    _add_status_pages(app, metrics, identity, metrics_guard)
+    return app
+
+
+def _model_identity(config: ServeConfig, classifier: OnnxClassifier) -> ModelIdentity:
+    return ModelIdentity(
         path=str(config.model),
         sha256=file_sha256(config.model),
         commit=model_commit(config.model),
@@ -139,8 +164,14 @@ def create_app(config: ServeConfig) -> FastAPI:
         channels=classifier.channels,
         checkpoint_sha256=classifier.meta.get("checkpoint_sha256"),
     )
-    metrics = ServiceMetrics(classifier.classes)
 
+
+def _lifespan(
+    config: ServeConfig,
+    classifier: OnnxClassifier,
+    metrics: ServiceMetrics,
+    identity: ModelIdentity,
+) -> Callable[[FastAPI], AbstractAsyncContextManager[dict[str, Any]]]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         """Starts the inference thread and the feature-log writer; the handlers find them in
@@ -173,13 +204,11 @@ def create_app(config: ServeConfig) -> FastAPI:
                 if feature_log is not None:
                     feature_log.close()
 
-    app = FastAPI(
-        title="imgpipe",
-        version=__version__,
-        summary="Image classification with the pipeline's exported ONNX model",
-        lifespan=lifespan,
-    )
-    app.add_middleware(RequestGuard, metrics=metrics, max_body_bytes=config.max_upload_bytes)
+    return lifespan
+
+
+def _add_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
+    """Errors answered as JSON ``{"detail": ...}`` and counted by reason."""
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
@@ -192,14 +221,24 @@ def create_app(config: ServeConfig) -> FastAPI:
         metrics.errors.labels(reason="invalid_request").inc()
         return await request_validation_exception_handler(request, error)
 
-    authorised = [Depends(token_check(config.token))] if config.token else []
-    protected = UNAUTHORIZED if config.token else {}
+
+def _add_predict(
+    app: FastAPI,
+    *,
+    config: ServeConfig,
+    classifier: OnnxClassifier,
+    metrics: ServiceMetrics,
+    identity: ModelIdentity,
+    authorised: list[Any],
+) -> None:
+    """``POST /predict``, behind ``authorised`` (the bearer token when one is configured)."""
+    policy = DecodePolicy(max_pixels=config.max_pixels)
 
     @app.post(
         "/predict",
         response_model=PredictResponse,
         dependencies=authorised,
-        responses=ERROR_RESPONSES | protected,
+        responses=ERROR_RESPONSES | (UNAUTHORIZED if authorised else {}),
     )
     async def predict(
         request: Request,
@@ -240,18 +279,22 @@ def create_app(config: ServeConfig) -> FastAPI:
             ],
         )
 
+
+def _add_status_pages(
+    app: FastAPI, metrics: ServiceMetrics, identity: ModelIdentity, metrics_guard: list[Any]
+) -> None:
+    """``GET /health``, ``/metrics`` (behind ``metrics_guard``) and the upload page ``/``."""
+
     @app.get("/health", response_model=Health)
     async def health() -> Health:
         """Liveness and the identity of the model being served."""
         return Health(status="ok", version=__version__, model=identity)
 
-    metrics_guard = authorised if config.token_for_metrics else []
-
     @app.get(
         "/metrics",
         response_class=Response,
         dependencies=metrics_guard,
-        responses={200: {"content": {"text/plain": {}}}, **(protected if metrics_guard else {})},
+        responses={200: {"content": {"text/plain": {}}}, **(UNAUTHORIZED if metrics_guard else {})},
     )
     async def prometheus_metrics() -> Response:
         """Prometheus exposition: requests, latency, errors, predicted classes, confidence."""
@@ -260,8 +303,6 @@ def create_app(config: ServeConfig) -> FastAPI:
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def upload_page() -> HTMLResponse:
         return HTMLResponse(_PAGE)
-
-    return app
 
 
 def _decode_all(

@@ -114,10 +114,3 @@ def loss_and_accuracy(probabilities: torch.Tensor, labels: np.ndarray) -> tuple[
     loss = F.nll_loss(probabilities.clamp_min(1e-12).log(), targets).item()
     accuracy = (probabilities.argmax(1) == targets).float().mean().item()
     return float(loss), float(accuracy)
-
-
-def evaluate_split(
-    model: Classifier, split: SplitArrays, batch_size: int, device: torch.device
-) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` on ``split``."""
-    return loss_and_accuracy(predict_split(model, split, batch_size, device), split.labels)

@@ -7,10 +7,10 @@ nothing is decoded during training.
 
 The pieces, in the order a run uses them: :func:`build_trainer` (network, what of it trains,
 optimiser, schedule, weight average, inputs), :func:`~imgpipe.training.resume.resume`, then
-per epoch :func:`train_one_epoch` (of :func:`train_step` calls) and :func:`validate`, the best
-epoch kept and the state saved. ``finetune: head`` trains the classifier alone on features the
-frozen backbone computed once (:mod:`imgpipe.training.feature_cache`); ``full`` trains the
-network on the images.
+per epoch :func:`run_epoch` (:func:`train_one_epoch` of :func:`train_step` calls, then
+:func:`validate`), the best epoch kept and the state saved. ``finetune: head`` trains the
+classifier alone on features the frozen backbone computed once
+(:mod:`imgpipe.training.feature_cache`); ``full`` trains the network on the images.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from imgpipe.training.resume import Progress, Resumable, resume, save_state, sta
 from imgpipe.training.settings import TrainConfig
 from imgpipe.training.transfer import (
     build_optimizer,
-    frozen_parameter_names,
+    frozen_in_epoch,
     hold_frozen_norms,
     set_frozen,
 )
@@ -74,6 +74,10 @@ class Inputs(Protocol):
     def batch(
         self, rows: np.ndarray, device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+Validation = Callable[[nn.Module], torch.Tensor]  # probabilities on the validation split
+Augment = Callable[[torch.Tensor], torch.Tensor]  # a batch of images, augmented on the device
 
 
 @dataclass
@@ -169,21 +173,8 @@ def train_classifier(
             log_epoch(metric_logger, record)
     started, seen = time.perf_counter(), 0
     for epoch in range(progress.epoch + 1, config.epochs + 1):
-        trainer.set_trainable(epoch)
-        train_loss, images = train_one_epoch(trainer, progress)
+        record, images = run_epoch(trainer, progress, epoch)
         seen += images
-        record = {"epoch": epoch, "train_loss": train_loss, **validate(trainer)}
-        record["lr"] = max(group["lr"] for group in trainer.optimizer.param_groups)
-        progress.history.append(record)
-        progress.epoch = epoch
-        log.info(
-            "epoch %d/%d  train_loss %.4f  val_loss %.4f  val_accuracy %.4f",
-            epoch,
-            config.epochs,
-            train_loss,
-            record["val_loss"],
-            record["val_accuracy"],
-        )
         if metric_logger is not None:
             log_epoch(metric_logger, record)
         if _is_better(record, progress.history):
@@ -201,9 +192,29 @@ def train_classifier(
     return _result(trainer, progress, rate)
 
 
-@dataclass
+def run_epoch(trainer: Trainer, progress: Progress, epoch: int) -> tuple[dict[str, float], int]:
+    """Train one epoch, validate, and add the epoch's record (losses, accuracy, peak lr) to
+    ``progress``. Returns the record and the number of images this process trained on."""
+    trainer.set_trainable(epoch)
+    train_loss, images = train_one_epoch(trainer, progress)
+    record = {"epoch": epoch, "train_loss": train_loss, **validate(trainer)}
+    record["lr"] = max(group["lr"] for group in trainer.optimizer.param_groups)
+    progress.history.append(record)
+    progress.epoch = epoch
+    log.info(
+        "epoch %d/%d  train_loss %.4f  val_loss %.4f  val_accuracy %.4f",
+        epoch,
+        trainer.config.epochs,
+        train_loss,
+        record["val_loss"],
+        record["val_accuracy"],
+    )
+    return record, images
+
+
+@dataclass(kw_only=True)
 class Trainer:
-    """The moving parts of one training run."""
+    """The moving parts of one training run (built by keyword: several fields share a type)."""
 
     config: TrainConfig
     processes: Processes
@@ -216,9 +227,9 @@ class Trainer:
     optimizer: torch.optim.Optimizer
     schedule: Schedule
     train_inputs: Inputs
-    validation: Callable[[nn.Module], torch.Tensor]  # probabilities on the validation split
+    validation: Validation
     val_labels: np.ndarray
-    augment: Callable[[torch.Tensor], torch.Tensor] | None
+    augment: Augment | None
     mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None
     class_weights: torch.Tensor  # 1 / class frequency (class_balance: sampler draws by them)
     loss_weights: torch.Tensor | None  # the same on the device (class_balance: loss)
@@ -238,20 +249,23 @@ class Trainer:
         )
 
     def set_trainable(self, epoch: int) -> None:
-        """Freeze what ``freeze`` (and, during the first ``freeze_epochs``, the whole backbone)
-        keeps fixed this epoch; the training wrapper follows when that changes."""
+        """Freeze what :func:`~imgpipe.training.transfer.frozen_in_epoch` keeps fixed this epoch;
+        the training wrapper (DDP, compile) is built anew when that changes."""
         config = self.config
-        if config.finetune == "head":
-            frozen: frozenset[str] = frozenset()
-        else:
-            freeze = "backbone" if epoch <= config.freeze_epochs else config.freeze
-            frozen = frozenset(frozen_parameter_names(self.network.net, freeze))
-        if frozen != self.frozen:
-            set_frozen(self.network.net if config.finetune == "full" else self.model, set(frozen))
-            self.forward = _wrap(self.model, self.device, config.compile, self.processes)
-            if self.frozen is not None:
-                log.info("epoch %d: %d parameter tensors frozen", epoch, len(frozen))
-            self.frozen = frozen
+        frozen = frozen_in_epoch(
+            self.network.net,
+            epoch,
+            finetune=config.finetune,
+            freeze=config.freeze,
+            freeze_epochs=config.freeze_epochs,
+        )
+        if frozen == self.frozen:
+            return
+        set_frozen(self.network.net if config.finetune == "full" else self.model, set(frozen))
+        self.forward = _wrap(self.model, self.device, config.compile, self.processes)
+        if self.frozen is not None:
+            log.info("epoch %d: %d parameter tensors frozen", epoch, len(frozen))
+        self.frozen = frozen
 
 
 def build_trainer(
@@ -272,40 +286,91 @@ def build_trainer(
     network = Classifier(net, mean, std).to(device)
     if device.type == "cuda":  # tensor cores want channels-last
         network = network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    augment = build_augmentation(config.augment, channels)
-    if config.finetune == "head":
-        views, val_features = cached_features(
-            network,
-            train,
-            val,
-            config,
-            augment=augment,
-            device=device,
-            cache=feature_cache,
-            processes=processes,
-        )
-        model: nn.Module = network.net.get_classifier()
-        train_inputs: Inputs = FeatureInputs(
-            views, train.labels, torch.Generator().manual_seed(config.seed)
-        )
-
-        def validation(module: nn.Module) -> torch.Tensor:
-            return head_probabilities(module, val_features, config.batch_size, device)
-
-        augment = None  # the views carry it
-    else:
-        model = network
-        train_inputs = ImageInputs(train)
-
-        def validation(module: nn.Module) -> torch.Tensor:
-            return predict_split(module, val, config.batch_size, device)  # type: ignore[arg-type]
-
+    model, train_inputs, validation, augment = _what_trains(
+        network,
+        train,
+        val,
+        config,
+        augment=build_augmentation(config.augment, channels),
+        device=device,
+        feature_cache=feature_cache,
+        processes=processes,
+    )
     # Warm-up ramps the decay towards ema_decay, so short runs are not dragged to the init.
     average = (
         ModelEmaV3(model, decay=config.ema_decay, use_warmup=True) if config.ema_decay > 0 else None
     )
     if processes.rank:  # the other processes draw their own augmentation (rank 0 keeps seed)
         torch.manual_seed(config.seed + processes.rank)
+    optimizer, schedule = _optimizer_and_schedule(config, model, len(train), processes)
+    weights = class_weights(train.labels, classes)
+    return Trainer(
+        config=config,
+        processes=processes,
+        device=device,
+        network=network,
+        model=model,
+        mean=mean,
+        std=std,
+        average=average,
+        optimizer=optimizer,
+        schedule=schedule,
+        train_inputs=train_inputs,
+        validation=validation,
+        val_labels=val.labels,
+        augment=augment,
+        mix=build_mixing(config.mixup, config.cutmix, classes),
+        class_weights=weights,
+        loss_weights=weights.to(device) if config.class_balance == "loss" else None,
+        shuffler=torch.Generator().manual_seed(config.seed),
+        scaler=torch.amp.GradScaler(device.type, enabled=autocast_dtype(device) == torch.float16),
+    )
+
+
+def _what_trains(
+    network: Classifier,
+    train: SplitArrays,
+    val: SplitArrays,
+    config: TrainConfig,
+    *,
+    augment: Augment | None,
+    device: torch.device,
+    feature_cache: Path | None,
+    processes: Processes,
+) -> tuple[nn.Module, Inputs, Validation, Augment | None]:
+    """What the optimiser trains, the inputs it trains on, how it is validated, and the
+    augmentation applied to each batch. ``full``: the whole network on the images.
+    ``finetune: head``: the classifier alone on the features the frozen backbone computes once
+    (of augmented views of each image, so no batch is augmented again)."""
+    if config.finetune == "full":
+
+        def on_images(module: nn.Module) -> torch.Tensor:
+            return predict_split(module, val, config.batch_size, device)  # type: ignore[arg-type]
+
+        return network, ImageInputs(train), on_images, augment
+    views, val_features = cached_features(
+        network,
+        train,
+        val,
+        config,
+        augment=augment,
+        device=device,
+        cache=feature_cache,
+        processes=processes,
+    )
+    inputs = FeatureInputs(views, train.labels, torch.Generator().manual_seed(config.seed))
+
+    def on_features(module: nn.Module) -> torch.Tensor:
+        return head_probabilities(module, val_features, config.batch_size, device)
+
+    return network.net.get_classifier(), inputs, on_features, None
+
+
+def _optimizer_and_schedule(
+    config: TrainConfig, model: nn.Module, train_images: int, processes: Processes
+) -> tuple[torch.optim.Optimizer, Schedule]:
+    """The optimiser over what trains (layer-wise lr decay for ``finetune: full`` only) and its
+    per-step schedule over all epochs."""
     optimizer = build_optimizer(
         model.net if isinstance(model, Classifier) else model,
         config.optimizer,
@@ -313,7 +378,7 @@ def build_trainer(
         config.weight_decay,
         config.layer_decay if config.finetune == "full" else 0.0,
     )
-    steps_per_epoch = len(global_batches(np.arange(len(train)), config.batch_size, processes))
+    steps_per_epoch = len(global_batches(np.arange(train_images), config.batch_size, processes))
     schedule = Schedule(
         config.schedule,
         optimizer,
@@ -321,28 +386,7 @@ def build_trainer(
         config.epochs * steps_per_epoch,
         round(config.warmup_epochs * steps_per_epoch),
     )
-    weights = class_weights(train.labels, classes)
-    return Trainer(
-        config,
-        processes,
-        device,
-        network,
-        model,
-        mean,
-        std,
-        average,
-        optimizer,
-        schedule,
-        train_inputs,
-        validation,
-        val.labels,
-        augment,
-        build_mixing(config.mixup, config.cutmix, classes),
-        weights,
-        weights.to(device) if config.class_balance == "loss" else None,
-        torch.Generator().manual_seed(config.seed),
-        torch.amp.GradScaler(device.type, enabled=autocast_dtype(device) == torch.float16),
-    )
+    return optimizer, schedule
 
 
 def train_one_epoch(trainer: Trainer, progress: Progress) -> tuple[float, int]:

@@ -1,7 +1,7 @@
-"""Transfer-learning controls over a timm network: which parameter groups stay frozen (timm's
-coarse ``group_matcher``: the stem, then each stage, the head last), with the batch-norm
-statistics of frozen parts kept as they were, and the optimiser with layer-wise lr decay
-(timm's optimizer factory)."""
+"""Transfer-learning controls over a timm network: which parameter groups stay frozen in which
+epoch (timm's coarse ``group_matcher``: the stem, then each stage, the head last), with the
+batch-norm statistics of frozen parts kept as they were, and the optimiser with layer-wise lr
+decay (timm's optimizer factory)."""
 
 from __future__ import annotations
 
@@ -45,6 +45,25 @@ def frozen_parameter_names(net: Any, freeze: Freeze) -> set[str]:
             "number, or `backbone`, or `finetune: head`"
         )
     return {name for g in trainable_groups[:freeze] for name in groups[g]} - head
+
+
+def frozen_in_epoch(
+    net: Any,
+    epoch: int,
+    *,
+    finetune: Literal["full", "head"],
+    freeze: Freeze,
+    freeze_epochs: int,
+) -> frozenset[str]:
+    """The names of ``net``'s parameters that stay fixed during ``epoch`` (counted from 1).
+
+    ``finetune: head`` trains the classifier alone on cached features: nothing in it is
+    frozen. Otherwise the whole backbone is frozen during the first ``freeze_epochs`` (the head
+    warms up first), and what ``freeze`` names after that. Reads ``net``, changes nothing.
+    """
+    if finetune == "head":
+        return frozenset()
+    return frozenset(frozen_parameter_names(net, "backbone" if epoch <= freeze_epochs else freeze))
 
 
 def set_frozen(net: nn.Module, frozen: set[str]) -> None:

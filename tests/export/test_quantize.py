@@ -1,0 +1,65 @@
+"""The int8 gate as a library function: off, written, or refused (with the folder left empty),
+and the calibration draw it rests on."""
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imgpipe.export.quantize import calibration_rows, export_int8
+from imgpipe.runtime.onnx_model import read_onnx_metadata
+from tests.conftest import make_split
+
+
+@pytest.fixture
+def train_folder(tmp_path: Path) -> Path:
+    from imgpipe.data.split_writer import write_labels_and_meta
+
+    split, folder = make_split(20, seed=1), tmp_path / "train"
+    folder.mkdir()
+    np.save(folder / "images.npy", split.images)
+    write_labels_and_meta(folder, split.labels.tolist(), split.classes, split.files)
+    return folder
+
+
+def test_calibration_draws_the_same_images_as_every_earlier_export() -> None:
+    """The seed decides the int8 file's bytes: this draw is what committed outputs rest on."""
+    assert calibration_rows(10, 4).tolist() == [2, 4, 6, 7]
+    assert calibration_rows(3, 8).tolist() == [0, 1, 2]  # fewer than asked for: all of them
+    assert calibration_rows(10, 4, seed=1).tolist() != [2, 4, 6, 7]
+
+
+def test_int8_off_writes_an_empty_folder_without_reading_the_training_split(
+    tiny_onnx: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "int8"
+    val = make_split(4, seed=2)
+    missing = tmp_path / "no-train"
+    result = export_int8(
+        tiny_onnx, folder, missing, val, enabled=False, calibration_images=8, max_drop=0.0
+    )
+    assert result == {"int8": "off"} and list(folder.iterdir()) == []
+
+
+def test_the_gate_writes_a_good_int8_model_and_refuses_one_past_the_limit(
+    tiny_onnx: Path, train_folder: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    val, folder = make_split(10, seed=2), tmp_path / "int8"
+    kept = export_int8(
+        tiny_onnx, folder, train_folder, val, enabled=True, calibration_images=16, max_drop=1.0
+    )
+    assert kept["int8"] == "written" and kept["int8_calibration_images"] == 16
+    assert kept["int8_size_bytes"] == (folder / "model.onnx").stat().st_size
+    assert read_onnx_metadata(folder / "model.onnx")["quantization"]["calibration_images"] == 16
+    with caplog.at_level(logging.WARNING):  # a drop of 0 is still more than -1
+        refused = export_int8(
+            tiny_onnx, folder, train_folder, val, enabled=True, calibration_images=16, max_drop=-1
+        )
+    assert refused["int8"] == "rejected" and "int8_size_bytes" not in refused
+    assert {k: v for k, v in refused.items() if k != "int8"} == {
+        k: v for k, v in kept.items() if k not in ("int8", "int8_size_bytes")
+    }
+    assert list(folder.iterdir()) == []  # the written model is gone too: the folder is replaced
+    [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning.startswith(f"{folder / 'model.onnx'}: int8 accuracy")
