@@ -33,9 +33,9 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     # Frames live only until their split is written; the split arrays are the output.
     with tempfile.TemporaryDirectory(prefix=".frames-", dir=args.out.parent) as scratch:
-        found, clips = expand_clips(found, args.raw, Path(scratch), rate, workers)
+        found, extraction = expand_clips(found, args.raw, Path(scratch), rate, workers)
         patterned = p.group_pattern is not None
-        grouped = patterned or clips.clips > 0
+        grouped = patterned or extraction.clips_found > 0
         splits = assign_splits(
             found, p.val_fraction, p.test_fraction, p.split_seed, grouped=grouped
         )
@@ -55,8 +55,8 @@ def main() -> None:
         grouped=grouped,
         patterned=patterned,
         near_duplicate_distance=p.near_duplicate_distance,
-        video=clips.summary() if clips.clips else None,
-        skipped_clips=clips.skipped,
+        video=extraction.summary() if extraction.clips_found else None,
+        skipped_clips=extraction.skipped,
         source_notes=read_source_notes(args.raw),
     )
     write_json(args.report, report)

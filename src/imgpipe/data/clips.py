@@ -26,12 +26,16 @@ from imgpipe.data.workers import fork_map
 class ClipOutcome:
     """What the frame extraction found: clips, frames written, clips skipped with reasons."""
 
-    clips: int = 0
-    frames: int = 0
+    clips_found: int = 0
+    frames_written: int = 0
     skipped: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self) -> dict[str, int]:
-        return {"clips": self.clips, "frames": self.frames, "skipped": len(self.skipped)}
+        return {
+            "clips": self.clips_found,
+            "frames": self.frames_written,
+            "skipped": len(self.skipped),
+        }
 
 
 def frame_name(index: int) -> str:
@@ -57,13 +61,13 @@ def expand_clips(
         clips, fork_map(_extract, jobs, workers), strict=True
     ):
         progress.update()
-        outcome.clips += 1
+        outcome.clips_found += 1
         if reason is not None:
             outcome.skipped.append({"split": split, "file": clip.path.as_posix(), "reason": reason})
             continue
         frames_of[clip.path] = indices
-        outcome.frames += len(indices)
-        progress.set_postfix(frames=outcome.frames)
+        outcome.frames_written += len(indices)
+        progress.set_postfix(frames=outcome.frames_written)
     progress.close()
     expanded: dict[str | None, list[Sample]] = {}
     for split, part in samples.items():
