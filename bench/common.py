@@ -17,7 +17,7 @@ import psutil
 from PIL import Image
 from tqdm import tqdm
 
-from imgpipe.data.preprocess import Sample
+from imgpipe.data.samples import Sample
 from imgpipe.data.splits import SplitArrays
 
 log = logging.getLogger("bench")
@@ -168,3 +168,13 @@ def export_random_model(
     )
     export_onnx(model, meta, destination, opset=18, provenance={})
     return destination
+
+
+def model_to_bench(
+    model: Path, architecture: str | None, image_size: int, channels: int, scratch: Path
+) -> Path:
+    """``model``, or with ``architecture`` a randomly initialised one of that name exported into
+    ``scratch`` (the ``--model`` / ``--architecture`` choice of the predict and serve benches)."""
+    if not architecture:
+        return model
+    return export_random_model(scratch / "model.onnx", architecture, image_size, channels)

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Commands, add_jpeg_arguments, jpeg_samples, log, run_jpeg_bench, timed
-from imgpipe.data.preprocess import worker_count, write_split
+from imgpipe.data.preprocess import write_split
+from imgpipe.data.workers import worker_count
 
 NAME = "near-duplicates"
 

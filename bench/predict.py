@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import Clock, Commands, add_output_argument, emit, export_random_model, png
+from bench.common import Clock, Commands, add_output_argument, emit, model_to_bench, png
 from imgpipe.cli import pipeline_path
 
 NAME = "predict"
@@ -34,11 +34,7 @@ def add_parser(benches: Commands) -> None:
 
 def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="imgpipe-bench-predict-") as scratch:
-        model = args.model
-        if args.architecture:
-            model = export_random_model(
-                Path(scratch) / "model.onnx", args.architecture, args.image_size, 3
-            )
+        model = model_to_bench(args.model, args.architecture, args.image_size, 3, Path(scratch))
         results = bench_predict(model, Path(scratch) / "images", count=args.images)
     emit(results, args.output)
 

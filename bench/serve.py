@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import Commands, add_output_argument, emit, export_random_model, log, png
+from bench.common import Commands, add_output_argument, emit, log, model_to_bench, png
 from imgpipe.cli import pipeline_path
 from imgpipe.errors import ImgpipeError
 
@@ -66,11 +66,9 @@ def add_parser(benches: Commands) -> None:
 def run(args: argparse.Namespace) -> None:
     """The model, and with --int8 its quantisation served alike, under load one after another."""
     with tempfile.TemporaryDirectory(prefix="imgpipe-bench-serve-") as scratch:
-        model = args.model
-        if args.architecture:
-            model = export_random_model(
-                Path(scratch) / "model.onnx", args.architecture, args.image_size, args.channels
-            )
+        model = model_to_bench(
+            args.model, args.architecture, args.image_size, args.channels, Path(scratch)
+        )
         models = {"fp32": model}
         if args.int8:  # the same model quantised as the export stage does, served alike
             models["int8"] = quantized_copy(model, Path(scratch) / "int8.onnx")

@@ -18,6 +18,9 @@ from tests.conftest import REPO_ROOT, gcs_emulator
 pytestmark = pytest.mark.slow
 
 
+ALL_STAGES = {"download", "preprocess", "train", "evaluate", "export-onnx", "drift-baseline"}
+
+
 def clone_working_tree(destination: Path) -> Path:
     """Copy what git tracks or would track (no ignored outputs, no caches) into a new repo."""
     listed = (
@@ -103,14 +106,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     set_params(repo, epochs=2)
     commit_all(repo, "shrunk pipeline")
     first = dvc(repo, "repro")
-    assert stages_run(first.stdout) == {
-        "download",
-        "preprocess",
-        "train",
-        "evaluate",
-        "export-onnx",
-        "drift-baseline",
-    }
+    assert stages_run(first.stdout) == ALL_STAGES
     commit_all(repo, "reproduced")
     return repo
 

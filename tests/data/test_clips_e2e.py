@@ -12,7 +12,7 @@ from PIL import Image
 
 from imgpipe.data.splits import load_split
 from tests.data.video_clips import write_clip
-from tests.test_pipeline import clone_working_tree, commit_all, dvc, stages_run
+from tests.test_pipeline import ALL_STAGES, clone_working_tree, commit_all, dvc, stages_run
 from tests.training.test_finetune_e2e import set_yaml
 
 pytestmark = pytest.mark.slow
@@ -59,14 +59,7 @@ def test_repro_on_patients_with_stills_and_clips(tmp_path_factory: pytest.TempPa
     )
     commit_all(repo, "patients with stills and clips")
     run = dvc(repo, "repro")
-    assert stages_run(run.stdout) == {
-        "download",
-        "preprocess",
-        "train",
-        "evaluate",
-        "export-onnx",
-        "drift-baseline",
-    }
+    assert stages_run(run.stdout) == ALL_STAGES
 
     report = json.loads((repo / "metrics/data.json").read_text())
     assert report["video"] == {"clips": 2 * PATIENTS + 1, "frames": 2 * PATIENTS * 3, "skipped": 1}

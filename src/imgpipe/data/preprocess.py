@@ -21,11 +21,8 @@ from imgpipe.data.near_duplicates import perceptual_hash
 from imgpipe.data.samples import Sample
 from imgpipe.data.split_writer import compact_rows, create_image_array, write_labels_and_meta
 from imgpipe.data.splits import IMAGES_FILE, SPLITS
-from imgpipe.data.workers import fork_map, worker_count
+from imgpipe.data.workers import fork_map
 from imgpipe.io import atomic_path
-
-# Sample and worker_count are re-exported: bench/ imports them from here.
-__all__ = ["Sample", "SplitOutcome", "worker_count", "write_split", "write_splits"]
 
 
 @dataclass
