@@ -61,6 +61,26 @@ ensure_chromium() {
   fi
 }
 
+# The alerting rules are checked and unit-tested by promtool, and an end-to-end test runs a real
+# Prometheus: both come in Debian's prometheus package, installed like chromium above; without
+# it those tests are skipped, except in CI.
+ensure_promtool() {
+  command -v promtool >/dev/null && command -v prometheus >/dev/null && return
+  local apt=()
+  if [[ $(id -u) == 0 ]]; then
+    apt=(apt-get)
+  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+    apt=(sudo apt-get)
+  fi
+  if command -v apt-get >/dev/null && [[ ${#apt[@]} -gt 0 ]]; then
+    echo "run.sh: installing Debian's prometheus (promtool) for the alerting-rule tests" >&2
+    DEBIAN_FRONTEND=noninteractive "${apt[@]}" update -qq
+    DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y -qq --no-install-recommends prometheus >/dev/null
+  else
+    echo "run.sh: no promtool and no way to install it; the alerting-rule tests will be skipped" >&2
+  fi
+}
+
 task=${1:-repro}
 [[ $# -gt 0 ]] && shift
 
@@ -83,6 +103,7 @@ case "$task" in
     ;;
   test)
     ensure_chromium
+    ensure_promtool
     pre-commit run --all-files --show-diff-on-failure
     exec python -m pytest -m "slow or not slow" "$@"
     ;;

@@ -7,6 +7,7 @@ measured in the same run (shared, noisy machines make absolute timings meaningle
     python -m bench finetune         finetune: head vs full fine-tuning, per epoch
     python -m bench predict          imgpipe predict vs onnxruntime alone
     python -m bench serve            imgpipe serve under load vs onnxruntime's batch rate
+    python -m bench bootstrap        bootstrap intervals, all resamples at once vs a sklearn loop
 
 Run from the repository root in the project's environment (``./run.sh python -m bench ...``).
 Not part of the installed package: its load client and memory sampler are dev dependencies.
@@ -18,10 +19,10 @@ import argparse
 from collections.abc import Sequence
 from functools import partial
 
-from bench import finetune, near_duplicates, predict, preprocess, serve, train
+from bench import bootstrap, finetune, near_duplicates, predict, preprocess, serve, train
 from imgpipe.stage import run_stage
 
-BENCHMARKS = (preprocess, near_duplicates, train, finetune, predict, serve)
+BENCHMARKS = (preprocess, near_duplicates, train, finetune, predict, serve, bootstrap)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,16 +1,18 @@
 """Stage export-onnx: write the trained model as one ONNX file (dynamic batch, metadata
-embedded) and fail unless onnxruntime reproduces torch's outputs within export.tolerance; with
+embedded, calibrate's temperature folded into its logits and its operating point in the
+metadata) and fail unless onnxruntime reproduces torch's outputs within export.tolerance; with
 export.int8, also a static int8 model, calibrated on training images, kept only when its
-validation accuracy is within export.int8_max_drop of the fp32 model's."""
+validation accuracy is within export.int8_max_drop of the fp32 model's and its validation ECE
+within export.int8_max_ece_rise."""
 
 import argparse
 import logging
 from pathlib import Path
 
 from imgpipe.data.splits import load_split
-from imgpipe.export.onnx import check_parity, export_onnx
+from imgpipe.export.onnx import check_parity, export_onnx, operating_point_metadata
 from imgpipe.export.quantize import export_int8
-from imgpipe.io import atomic_path, file_sha256, write_json
+from imgpipe.io import atomic_path, file_sha256, read_json, write_json
 from imgpipe.params import load_params
 from imgpipe.stage import run_stage
 from imgpipe.training.model import load_checkpoint
@@ -23,6 +25,7 @@ PARITY_IMAGES = 256
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", type=Path, required=True, help="checkpoint from train")
+    parser.add_argument("--calibration", type=Path, required=True, help="JSON from calibrate")
     parser.add_argument("--val", type=Path, required=True, help="split whose images check parity")
     parser.add_argument("--out", type=Path, required=True, help="ONNX file to write")
     parser.add_argument("--train", type=Path, required=True, help="split to calibrate int8 on")
@@ -37,12 +40,19 @@ def main() -> None:
 
     p = load_params().export
     model, meta = load_checkpoint(args.model)
+    fitted = read_json(args.calibration)
+    temperature = float(fitted["temperature"])
+    provenance = {
+        "checkpoint_sha256": file_sha256(args.model),
+        "temperature": temperature,
+        "operating_point": operating_point_metadata(fitted),
+    }
     val = load_split(args.val)
     images = val.images[:PARITY_IMAGES]
     # Parity is checked on the temporary file: a model that fails it never lands at --out.
     with atomic_path(args.out) as temporary:
-        export_onnx(model, meta, temporary, p.opset, {"checkpoint_sha256": file_sha256(args.model)})
-        parity = check_parity(temporary, model, images, p.tolerance)
+        export_onnx(model, meta, temporary, p.opset, provenance, temperature=temperature)
+        parity = check_parity(temporary, model, images, p.tolerance, temperature=temperature)
     int8 = export_int8(
         args.out,
         args.int8,
@@ -51,6 +61,7 @@ def main() -> None:
         enabled=p.int8,
         calibration_images=p.calibration_images,
         max_drop=p.int8_max_drop,
+        max_ece_rise=p.int8_max_ece_rise,
     )
     write_json(
         args.metrics,

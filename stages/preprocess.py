@@ -47,6 +47,7 @@ def main() -> None:
             image_size=p.image_size,
             channels=p.channels,
             workers=workers,
+            grouped=grouped,
         )
     report = data_report(
         classes,

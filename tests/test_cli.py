@@ -3,6 +3,7 @@ import json
 import logging
 import re
 import runpy
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 
 from imgpipe.cli import main
 from tests.conftest import REPO_ROOT
+from tests.runtime.model_variants import with_metadata
 
 ERROR_LINE = re.compile(r"^\d\d:\d\d:\d\d ERROR imgpipe: (.*)$")
 
@@ -112,3 +114,39 @@ def test_every_stage_refuses_bad_params_before_any_work(
     assert errors == ["params.yaml: missing key 'lr'; unknown key 'lrr' (did you mean 'lr'?)"]
     assert not [r for r in caplog.records if r.levelno == logging.INFO and r.name != "imgpipe"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_a_threshold_without_an_operating_point_is_one_clear_line(
+    tiny_onnx: Path, tmp_path: Path
+) -> None:
+    """predict and serve refuse --threshold on a model without a positive class; serve before it
+    binds (its port is taken, so a serve that went on would fail at once, not hang)."""
+    expected = [
+        f"{tiny_onnx}: the model has no positive class (set evaluate.positive_class and rerun "
+        "dvc repro); --threshold needs one"
+    ]
+    image = tmp_path / "image.png"
+    image.write_bytes(b"not read: the model is refused first")
+    model = ["--model", str(tiny_onnx), "--threshold", "0.5"]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        for arguments in (
+            ["predict", str(image), *model],
+            ["serve", *model, "--port", port, "--no-feature-log"],
+        ):
+            result = imgpipe(*arguments, cwd=tmp_path)
+            assert result.returncode == 2 and result.stdout == "", arguments
+            assert error_lines(result.stderr) == expected, arguments
+
+
+def test_a_malformed_operating_point_is_one_clear_line(tiny_onnx: Path, tmp_path: Path) -> None:
+    point = {"positive_class": "pneumonia", "threshold": 0.4}
+    broken = with_metadata(tiny_onnx, tmp_path / "broken.onnx", operating_point=point)
+    result = imgpipe("predict", str(tmp_path), "--model", str(broken), cwd=tmp_path)
+    assert result.returncode == 2
+    assert error_lines(result.stderr) == [
+        f"{broken}: metadata 'operating_point': positive_class 'pneumonia' is not among "
+        "['left', 'right']"
+    ]

@@ -46,7 +46,15 @@ RULES: dict[str, tuple[tuple[str, ...], bool]] = {
     ),
     "imgpipe.training": (("imgpipe.data.splits",), True),
     "imgpipe.evaluation": (("imgpipe.data.splits", "imgpipe.training"), True),
-    "imgpipe.export": (("imgpipe.data.splits", "imgpipe.runtime", "imgpipe.training"), True),
+    "imgpipe.export": (
+        (
+            "imgpipe.data.splits",
+            "imgpipe.evaluation.calibration",
+            "imgpipe.runtime",
+            "imgpipe.training",
+        ),
+        True,
+    ),
 }
 TRAINING_STACK = {"torch", "torchvision", "timm", "onnx", "onnxscript", "dvclive", "dvc"}
 

@@ -83,3 +83,42 @@ def test_check_across_keys_names_both() -> None:
     with pytest.raises(ParamsError) as error:
         parse_params(raw, "params.yaml")
     assert str(error.value) == ("params.yaml: warmup_epochs (1.0) must be smaller than epochs (1)")
+
+
+@pytest.mark.parametrize(
+    ("evaluate", "expected"),
+    [
+        (
+            {"positive_class": "7"},
+            "'evaluate': evaluate.positive_class '7' needs a target: set "
+            "evaluate.target_sensitivity or evaluate.target_specificity (e.g. 0.95)",
+        ),
+        (
+            {"positive_class": "7", "target_sensitivity": 0.9, "target_specificity": 0.9},
+            "'evaluate': set one of evaluate.target_sensitivity and "
+            "evaluate.target_specificity, not both",
+        ),
+        (
+            {"target_specificity": 0.9},
+            "'evaluate': evaluate.target_sensitivity/target_specificity need "
+            "evaluate.positive_class (the class a screening test looks for)",
+        ),
+        (
+            {"positive_class": "7", "target_sensitivity": 1.0},
+            "'evaluate.target_sensitivity': Input should be less than 1 (got 1.0)",
+        ),
+        (
+            {"bootstrap_resamples": 200},
+            "'evaluate.bootstrap_resamples': Input should be greater than or equal to 1000 "
+            "(got 200)",
+        ),
+    ],
+)
+def test_an_operating_point_needs_one_target_and_a_class(
+    evaluate: dict[str, object], expected: str
+) -> None:
+    raw = committed()
+    raw["evaluate"] |= evaluate
+    with pytest.raises(ParamsError) as error:
+        parse_params(raw, "params.yaml")
+    assert str(error.value) == f"params.yaml: {expected}"

@@ -18,7 +18,15 @@ from tests.conftest import REPO_ROOT, gcs_emulator
 pytestmark = pytest.mark.slow
 
 
-ALL_STAGES = {"download", "preprocess", "train", "evaluate", "export-onnx", "drift-baseline"}
+ALL_STAGES = {
+    "download",
+    "preprocess",
+    "train",
+    "calibrate",
+    "evaluate",
+    "export-onnx",
+    "drift-baseline",
+}
 
 
 def clone_working_tree(destination: Path) -> Path:
@@ -128,6 +136,14 @@ def test_repro_writes_every_declared_output(repo: Path) -> None:
     assert evaluation["accuracy"] == pytest.approx(1 - len(wrong) / 1000, abs=1e-6)
     assert evaluation["accuracy"] >= 0.75  # two epochs (0.81 on a 2-core CPU); 40 give 0.99
     assert len((repo / "metrics/eval/confusion.csv").read_text().splitlines()) == 1001
+    # Calibrated probabilities, and an interval beside each headline figure.
+    fitted = json.loads((repo / "metrics/calibration.json").read_text())
+    assert evaluation["temperature"] == fitted["temperature"] != 1.0
+    assert fitted["val_nll"] <= fitted["val_nll_uncalibrated"]
+    for name in ("accuracy", "macro_f1", "macro_roc_auc", "ece"):
+        low, high = evaluation[f"{name}_ci_low"], evaluation[f"{name}_ci_high"]
+        assert low <= evaluation[name] <= high and high - low < 0.2, name
+    assert len((repo / "metrics/eval/predictions.csv").read_text().splitlines()) == 1001
 
 
 def test_second_repro_runs_nothing(repo: Path) -> None:
@@ -262,9 +278,44 @@ def test_train_stage_runs_ddp_under_torchrun_when_processes_is_2(repo: Path) -> 
         restore_head(repo)
 
 
+def test_an_operating_point_reruns_calibration_and_after_but_not_training(repo: Path) -> None:
+    """A screening target is chosen on validation and travels into the ONNX model; the
+    network is not retrained for it."""
+    from imgpipe.runtime.onnx_model import read_onnx_metadata
+
+    restore_head(repo)
+    run = dvc(
+        repo,
+        "exp",
+        "run",
+        "-S",
+        "evaluate.positive_class='7'",
+        "-S",
+        "evaluate.target_sensitivity=0.9",
+        "--name",
+        "screen-7",
+    )
+    assert stages_run(run.stdout) == {"calibrate", "evaluate", "export-onnx", "drift-baseline"}
+    fitted = json.loads((repo / "metrics/calibration.json").read_text())
+    assert fitted["val_sensitivity"] >= 0.9
+    evaluation = json.loads((repo / "metrics/eval.json").read_text())
+    assert evaluation["threshold"] == fitted["threshold"]
+    assert evaluation["sensitivity_ci_low"] <= evaluation["sensitivity"]
+    meta = read_onnx_metadata(repo / "models/model.onnx")
+    assert meta["operating_point"]["positive_class"] == "7"
+    assert meta["operating_point"]["threshold"] == fitted["threshold"]
+    restore_head(repo)
+
+
 def test_experiment_with_new_lr_reruns_exactly_training_and_after(repo: Path) -> None:
     run = dvc(repo, "exp", "run", "-S", "lr=1e-4", "--name", "low-lr")
-    assert stages_run(run.stdout) == {"train", "evaluate", "export-onnx", "drift-baseline"}
+    assert stages_run(run.stdout) == {
+        "train",
+        "calibrate",
+        "evaluate",
+        "export-onnx",
+        "drift-baseline",
+    }
     shown = json.loads(dvc(repo, "exp", "show", "--json").stdout)
     experiments = [
         exp
@@ -360,7 +411,7 @@ def test_forced_repro_reproduces_dvc_lock_and_metrics_bit_for_bit(repo: Path) ->
     restore_head(repo)
     before = {p: (repo / p).read_bytes() for p in ("dvc.lock", *metric_files(repo))}
     ran = dvc(repo, "repro", "--force")
-    assert len(stages_run(ran.stdout)) == 6
+    assert stages_run(ran.stdout) == ALL_STAGES
     after = {p: (repo / p).read_bytes() for p in ("dvc.lock", *metric_files(repo))}
     assert after == before
 

@@ -1,4 +1,5 @@
-"""imgpipe report / check-metrics on a temporary git+DVC repo with two commits."""
+"""imgpipe report / check-metrics on a temporary git+DVC repo with two commits, and the
+headline's judgement against noise on synthetic prediction tables."""
 
 from __future__ import annotations
 
@@ -8,10 +9,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from imgpipe.cli import main
+from imgpipe.errors import ImgpipeError
+from imgpipe.report import (
+    Change,
+    SplitPredictions,
+    compare_predictions,
+    markdown,
+    parse_predictions,
+)
 
 DVC_YAML = """\
 metrics:
@@ -35,9 +45,19 @@ def git(repo: Path, *args: str) -> None:
     )
 
 
-def write_state(repo: Path, accuracy: float, f1: float, lr: float, int8: str = "written") -> None:
+def write_state(
+    repo: Path,
+    accuracy: float,
+    f1: float,
+    lr: float,
+    *,
+    int8: str = "written",
+    predictions: str | None = None,
+) -> None:
     metrics = {
         "accuracy": accuracy,
+        "accuracy_ci_low": round(accuracy - 0.02, 6),
+        "accuracy_ci_high": round(accuracy + 0.02, 6),
         "macro_f1": f1,
         "ece": 0.05 + (0.95 - accuracy),
         "best": {"val_loss": 1 - accuracy},
@@ -58,19 +78,30 @@ def write_state(repo: Path, accuracy: float, f1: float, lr: float, int8: str = "
     rows = "".join(f"{step}\t{accuracy * (step + 1) / 3:.4f}\n" for step in range(3))
     (repo / "curve.tsv").write_text("step\taccuracy\n" + rows)
     Image.new("RGB", (8, 8), (int(accuracy * 255), 0, 0)).save(repo / "grid.png")
+    if predictions is not None:
+        (repo / "metrics/eval/predictions.csv").write_text(predictions)
+        calibration = {"temperature": 1.3, "positive_class": "dog", "threshold": 0.4}
+        (repo / "metrics/calibration.json").write_text(json.dumps(calibration))
+
+
+def make_repo(
+    root: Path, base_predictions: str | None = None, head_predictions: str | None = None
+) -> Path:
+    """A git+DVC repo whose commit is the base and whose workspace is this change."""
+    git(root, "init", "-q")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, check=True)
+    (root / "dvc.yaml").write_text(DVC_YAML)
+    write_state(root, accuracy=0.90, f1=0.80, lr=0.003, predictions=base_predictions)
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "base")
+    write_state(root, accuracy=0.95, f1=0.70, lr=0.0001, predictions=head_predictions)
+    return root
 
 
 @pytest.fixture
 def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    git(tmp_path, "init", "-q")
-    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
-    (tmp_path / "dvc.yaml").write_text(DVC_YAML)
-    write_state(tmp_path, accuracy=0.90, f1=0.80, lr=0.003)
-    git(tmp_path, "add", "-A")
-    git(tmp_path, "commit", "-q", "-m", "base")
-    write_state(tmp_path, accuracy=0.95, f1=0.70, lr=0.0001)
     monkeypatch.chdir(tmp_path)
-    return tmp_path
+    return make_repo(tmp_path)
 
 
 def test_report_puts_what_moved_first_and_collapses_the_rest(repo: Path) -> None:
@@ -84,11 +115,18 @@ def test_report_puts_what_moved_first_and_collapses_the_rest(repo: Path) -> None
         or line.startswith("| macro_f1")
         or line.startswith("| ece")
     ]
+    # No predictions.csv on either side: no verdict, each side's interval where it has one.
     assert headline == [
-        "| accuracy | 0.9 | 0.95 | +0.05 | improvement |",
-        "| macro_f1 | 0.8 | 0.7 | -0.1 | **regression** |",
-        "| ece | 0.1 | 0.05 | -0.05 | improvement |",  # lower is better
+        "| accuracy | 0.9 [0.88, 0.92] | 0.95 [0.93, 0.97] | +0.05 |",
+        "| macro_f1 | 0.8 | 0.7 | -0.1 |",
+        "| ece | 0.1 | 0.05 | -0.05 |",
     ]
+    assert "| metric | base (95% CI) | this change (95% CI) | delta |" in lines
+    unpaired = (
+        "No test predictions on either side (metrics/eval/predictions.csv): deltas are not "
+        "paired; each side's 95% interval is shown."
+    )
+    assert text.index("| ece") < text.index(unpaired) < text.index("### Params")
     assert text.index("| accuracy") < text.index("### Params") < text.index("<details>")
     assert "| lr | 0.003 | 0.0001 |" in text and "epochs" not in text
     sections = re.findall(r"<details>\n<summary>(.*?)</summary>(.*?)</details>", text, re.S)
@@ -139,3 +177,169 @@ def test_a_refused_int8_model_is_said_under_the_headline(repo: Path) -> None:
     text = (repo / "refused" / "report.md").read_text()
     line = "**int8 model rejected**: validation accuracy 0.97 against fp32's 0.99"
     assert text.index("| ece") < text.index(line) < text.index("### Params")
+
+
+CLASSES = ["cat", "dog", "owl"]
+EVAL = "metrics/eval.json"
+
+
+def predictions_csv(
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    groups: list[str] | None = None,
+    order: np.ndarray | None = None,
+) -> str:
+    """A predictions.csv as the evaluate stage writes it, rows in ``order`` when given."""
+    rows = [
+        f"test/{i:05d}.png,{groups[i] if groups else ''},{CLASSES[labels[i]]},"
+        + ",".join(f"{p:.6f}" for p in probabilities[i])
+        for i in (range(len(labels)) if order is None else order)
+    ]
+    return "\n".join(["file,group,label," + ",".join(f"p:{c}" for c in CLASSES), *rows]) + "\n"
+
+
+def predicted(rng: np.random.Generator, labels: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Probabilities whose argmax is the label where ``right``, another class elsewhere."""
+    top = np.where(right, labels, (labels + rng.integers(1, 3, len(labels))) % 3)
+    probabilities = rng.random((len(labels), 3)) * 0.4
+    probabilities[np.arange(len(labels)), top] = 0.5 + 0.5 * rng.random(len(labels))
+    probabilities /= probabilities.sum(1, keepdims=True)
+    return probabilities
+
+
+def side(table: str, positive_class: str | None = "dog") -> SplitPredictions:
+    return parse_predictions(table, {"positive_class": positive_class, "threshold": 0.4})
+
+
+def headline_rows(text: str) -> dict[str, list[str]]:
+    """The headline table's cells by metric."""
+    cells = [line.strip("|").split(" | ") for line in text.splitlines() if line.startswith("| ")]
+    return {row[0].strip(): [cell.strip() for cell in row] for row in cells}
+
+
+HEADLINE_CHANGES = [
+    Change(EVAL, "accuracy", 0.9, 0.9),
+    Change(EVAL, "ece", 0.05, 0.06),
+    Change(EVAL, "top5_accuracy", 1.0, 1.0),
+]
+
+
+def report_of(tmp_path: Path, base: SplitPredictions, head: SplitPredictions) -> str:
+    return markdown(
+        "main", HEADLINE_CHANGES, [], [], relative_to=tmp_path, predictions=(base, head)
+    )
+
+
+def test_two_equally_good_models_differ_within_noise(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 1000)
+    base = predicted(rng, labels, rng.random(1000) < 0.9)
+    head = predicted(rng, labels, rng.random(1000) < 0.9)  # as good, wrong on other images
+    text = report_of(
+        tmp_path, side(predictions_csv(labels, base)), side(predictions_csv(labels, head))
+    )
+    assert "| metric | base | this change | delta (95% CI) | verdict |" in text.splitlines()
+    rows = headline_rows(text)
+    assert rows["accuracy"][4].startswith("within noise (±"), rows["accuracy"]
+    assert re.fullmatch(r"[-+]?[\d.]+ \[-[\d.]+, \+[\d.]+\]", rows["accuracy"][3])
+    assert rows["ece"][4].startswith("within noise (±")
+    assert rows["top5_accuracy"] == ["top5_accuracy", "1", "1", "0", ""]  # no paired delta
+    assert "not paired" not in text
+
+
+def test_a_clearly_worse_change_is_marked_with_its_rows_in_another_order(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 3, 1000)
+    base = predicted(rng, labels, rng.random(1000) < 0.9)
+    head = base.copy()
+    # 15 right answers lost: 1.5 points, too few for two separate intervals of 1000 images
+    # (about ±1.9 points each) to tell from chance, but not for a paired one.
+    flipped = np.flatnonzero(base.argmax(1) == labels)[:15]
+    head[flipped] = np.roll(head[flipped], 1, axis=1)
+    shuffled = rng.permutation(1000)  # the head's rows in another order: matched by file
+    text = report_of(
+        tmp_path,
+        side(predictions_csv(labels, base)),
+        side(predictions_csv(labels, head, order=shuffled)),
+    )
+    accuracy = headline_rows(text)["accuracy"]
+    assert accuracy[3].startswith("-0.0150 [-0.0") and accuracy[4] == "**worse**"
+
+
+def test_a_changed_split_shows_each_sides_interval_and_says_why(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 3, 1200)
+    probabilities = predicted(rng, labels, rng.random(1200) < 0.99)
+    base = side(predictions_csv(labels[:1000], probabilities[:1000]))
+    head = side(predictions_csv(labels, probabilities))
+    changes = [
+        Change(EVAL, "accuracy", 0.988, 0.99),
+        Change(EVAL, "accuracy_ci_low", 0.981, 0.984),
+        Change(EVAL, "accuracy_ci_high", 0.994, 0.995),
+        Change(EVAL, "macro_f1", 0.98, 0.985),
+    ]
+    text = markdown("main", changes, [], [], relative_to=tmp_path, predictions=(base, head))
+    rows = headline_rows(text)
+    assert rows["accuracy"] == ["accuracy", "0.988 [0.981, 0.994]", "0.99 [0.984, 0.995]", "+0.002"]
+    assert rows["macro_f1"] == ["macro_f1", "0.98", "0.985", "+0.005"]  # no interval given
+    line = (
+        "The test split changed (1000 -> 1200 images): deltas are not paired; each side's 95% "
+        "interval is shown."
+    )
+    assert text.index("| macro_f1") < text.index(line) < text.index("### Params")
+    assert "Other metrics that moved" not in text  # the intervals belong to the headline
+    renamed = side(predictions_csv(labels[:1000], probabilities[:1000]).replace("00007", "x"))
+    assert compare_predictions(base, renamed)[1].startswith("The test split changed (1000 -> 1000")
+    assert compare_predictions(None, head) == (
+        {},
+        "No test predictions on the base (metrics/eval/predictions.csv): deltas are not paired; "
+        "each side's 95% interval is shown.",
+    )
+
+
+def test_the_tables_operating_points_and_groups_are_used() -> None:
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 3, 600)
+    groups = [f"clip{i // 10}" for i in range(600)]
+    # The models disagree on whole clips: 60 outcomes, not 600.
+    base = predicted(rng, labels, np.repeat(rng.random(60) < 0.85, 10))
+    head = predicted(rng, labels, np.repeat(rng.random(60) < 0.85, 10))
+    deltas, unpaired = compare_predictions(
+        side(predictions_csv(labels, base, groups)), side(predictions_csv(labels, head, groups))
+    )
+    assert unpaired == "" and {"sensitivity", "specificity"} <= set(deltas)
+    ignored, _ = compare_predictions(
+        side(predictions_csv(labels, base)), side(predictions_csv(labels, head))
+    )
+    grouped, alone = deltas["accuracy"], ignored["accuracy"]
+    assert grouped.delta == alone.delta
+    assert grouped.high - grouped.low > 2 * (alone.high - alone.low)
+    no_point, _ = compare_predictions(
+        side(predictions_csv(labels, base)), side(predictions_csv(labels, head), "zebra")
+    )
+    assert "sensitivity" not in no_point and "accuracy" in no_point
+
+
+def test_a_malformed_predictions_table_is_a_clear_error() -> None:
+    with pytest.raises(ImgpipeError, match="labels \\['fox'\\] are not among its classes"):
+        parse_predictions("file,group,label,p:cat,p:dog\na.png,,fox,0.5,0.5\n")
+    with pytest.raises(ImgpipeError, match="not one probability per class"):
+        parse_predictions("file,group,label,p:cat,p:dog\na.png,,cat,0.5\n")
+
+
+def test_the_report_pairs_the_committed_predictions_with_the_workspaces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 3, 400)
+    right = np.arange(400) < 360  # 0.90, as metrics.json says
+    base = predicted(rng, labels, right)
+    head = base.copy()
+    head[360:380] = predicted(rng, labels[360:380], np.ones(20, bool))  # 0.95
+    make_repo(tmp_path, predictions_csv(labels, base), predictions_csv(labels, head))
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", "--base", "HEAD", "--out", "out"]) == 0
+    text = (tmp_path / "out" / "report.md").read_text()
+    rows = headline_rows(text)
+    assert rows["accuracy"][:3] == ["accuracy", "0.9", "0.95"]
+    assert rows["accuracy"][3].startswith("+0.050 [+0.0") and rows["accuracy"][4] == "better"

@@ -15,6 +15,7 @@ import yaml
 from imgpipe import __version__
 from imgpipe.errors import ImgpipeError
 from imgpipe.runtime.classify import CLASSES_REPORTED, SERVED_MAX_PIXELS
+from imgpipe.serving.baseline import DEFAULT_BASELINE
 from imgpipe.serving.settings import ServeConfig
 from imgpipe.stage import configure_logging, log
 
@@ -59,8 +60,9 @@ def info(args: argparse.Namespace) -> int:
 def predict(args: argparse.Namespace) -> int:
     """Classify files and folders (recursively) with the exported model, in batches, decoded
     under the service's policy (formats, pixel limit), video files frame by frame: JSON lines
-    on stdout, or a table with ``--output``. Exit 1 when some file could not be classified
-    (its row says why)."""
+    on stdout, or a table with ``--output``; a model with an operating point adds each image's
+    positive_probability and decision. Exit 1 when some file could not be classified (its row
+    says why)."""
     from tqdm import tqdm
 
     from imgpipe.data.video import FrameRate, is_video
@@ -68,7 +70,9 @@ def predict(args: argparse.Namespace) -> int:
     from imgpipe.runtime.onnx_model import OnnxClassifier
     from imgpipe.runtime.predictions import find_inputs, predict_files, write_predictions
 
-    classifier = OnnxClassifier(_given(args.model, "--model"))
+    classifier = OnnxClassifier(_given(args.model, "--model"), threshold=args.threshold)
+    if (point := classifier.operating_point) is not None:
+        log.info("decision: positive when P(%s) >= %r", point.positive_class, point.threshold)
     files = find_inputs([Path(p) for p in args.inputs])
     try:
         frames = FrameRate(args.frames_per_second, args.frame_stride, args.max_frames)
@@ -93,6 +97,7 @@ def predict(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         embedding_dims=classifier.embedding_dims if args.embeddings else 0,
         stream=sys.stdout,
+        decisions=point is not None,
     )
     log.info(
         "%d images or frames classified, %d files could not be%s",
@@ -104,9 +109,12 @@ def predict(args: argparse.Namespace) -> int:
 
 
 def drift(args: argparse.Namespace) -> int:
-    """Exit 1 when drift is detected, so CI jobs and alerts can act on it."""
+    """Exit 1 when drift is detected, so CI jobs and alerts can act on it; the result also as
+    Prometheus gauges, for the drift alerts, when asked."""
     from imgpipe.monitoring.drift import run_drift
+    from imgpipe.monitoring.drift_metrics import check_textfile, export_drift
 
+    check_textfile(args.prometheus_textfile)
     result = run_drift(
         args.current,
         _given(args.reference, "--reference"),
@@ -122,21 +130,15 @@ def drift(args: argparse.Namespace) -> int:
         f"(limit {args.drift_share:.0%}), embedding ROC AUC {summary['embedding']['score']:.3f} "
         f"(limit {args.embedding_threshold}); report: {args.out / 'report.html'}"
     )
+    if args.prometheus_textfile is not None or args.pushgateway is not None:
+        export_drift(summary, textfile=args.prometheus_textfile, pushgateway=args.pushgateway)
     return 1 if result.drifted else 0
 
 
 def report(args: argparse.Namespace) -> int:
     from imgpipe.report import write_report
 
-    print(
-        write_report(
-            Path.cwd(),
-            args.base,
-            args.out,
-            data_images=args.data_images,
-            threshold=args.regression_threshold,
-        )
-    )
+    print(write_report(Path.cwd(), args.base, args.out, data_images=args.data_images))
     return 0
 
 
@@ -173,6 +175,8 @@ def serve(args: argparse.Namespace) -> int:
         feature_log=None if args.no_feature_log else args.feature_log,
         feature_log_max_bytes=int(args.feature_log_max_mb * 2**20),
         feature_log_backups=args.feature_log_backups,
+        threshold=args.threshold,
+        baseline=_served_baseline(args),
     )
     # One process on purpose: micro-batching joins requests inside it. Scale with replicas.
     uvicorn.run(
@@ -183,6 +187,17 @@ def serve(args: argparse.Namespace) -> int:
         access_log=args.access_log,
     )
     return 0
+
+
+def _served_baseline(args: argparse.Namespace) -> Path | None:
+    """The drift-baseline summary the service exports for its alerts: the one given, else the
+    checkout's when the checkout's own model is served (another model's would not match)."""
+    if args.no_baseline:
+        return None
+    if args.baseline is not None:
+        return Path(args.baseline)
+    own_model = args.model is not None and args.model == pipeline_path("onnx")
+    return DEFAULT_BASELINE if own_model and DEFAULT_BASELINE.is_file() else None
 
 
 def _access_token(token_file: Path | None) -> str | None:
@@ -258,6 +273,7 @@ def _add_predict(commands: _Commands, onnx: Path | None) -> None:
     sub.add_argument(
         "--top-k", type=int, default=CLASSES_REPORTED, help="classes to print per image"
     )
+    _add_threshold(sub)
     sub.add_argument(
         "--max-pixels",
         type=int,
@@ -284,6 +300,16 @@ def _add_predict(commands: _Commands, onnx: Path | None) -> None:
         help="video: the first this many selected frames of each; 0: all",
     )
     sub.set_defaults(handler=predict)
+
+
+def _add_threshold(sub: argparse.ArgumentParser) -> None:
+    """``--threshold``, shared by predict and serve: the one decision rule both apply."""
+    sub.add_argument(
+        "--threshold",
+        type=float,
+        help="decide positive when the positive class's probability is at least this "
+        "(default: the operating point chosen on the validation split, in the model)",
+    )
 
 
 def _add_drift(commands: _Commands, onnx: Path | None) -> None:
@@ -324,6 +350,17 @@ def _add_drift(commands: _Commands, onnx: Path | None) -> None:
         help="ROC AUC of a reference-vs-current classifier on embeddings above "
         "which the embeddings count as drifted",
     )
+    sub.add_argument(
+        "--prometheus-textfile",
+        type=Path,
+        help="also write the result as Prometheus gauges to this .prom file "
+        "(node_exporter's textfile collector)",
+    )
+    sub.add_argument(
+        "--pushgateway",
+        metavar="URL",
+        help="also push the result as Prometheus gauges to this Pushgateway (job imgpipe_drift)",
+    )
     sub.set_defaults(handler=drift)
 
 
@@ -341,12 +378,6 @@ def _add_report(commands: _Commands) -> None:
         help="also include image plots made of test data (misclassified and "
         "Grad-CAM grids); left out by default, since PR comments may publish "
         "images to a public host",
-    )
-    sub.add_argument(
-        "--regression-threshold",
-        type=float,
-        default=0.005,
-        help="a headline metric moving further than this is marked",
     )
     sub.set_defaults(handler=report)
 
@@ -411,7 +442,9 @@ def _add_serve(commands: _Commands, onnx: Path | None) -> None:
     sub.add_argument(
         "--threads", type=int, default=served.threads, help="onnxruntime threads (0: all cores)"
     )
+    _add_threshold(sub)
     _add_serve_logging(sub, served)
+    _add_serve_baseline(sub)
     sub.add_argument(
         "--token-file",
         type=Path,
@@ -429,6 +462,19 @@ def _add_serve(commands: _Commands, onnx: Path | None) -> None:
         help="log one line per request",
     )
     sub.set_defaults(handler=serve)
+
+
+def _add_serve_baseline(sub: argparse.ArgumentParser) -> None:
+    """``serve``'s options for the drift baseline its confidence and class-mix alerts need."""
+    sub.add_argument(
+        "--baseline",
+        type=Path,
+        help="drift-baseline summary to export as imgpipe_baseline_* gauges for the alerts "
+        f"(default: {DEFAULT_BASELINE} when serving the checkout's own model)",
+    )
+    sub.add_argument(
+        "--no-baseline", action="store_true", help="export no baseline, even when one exists"
+    )
 
 
 def _add_serve_logging(sub: argparse.ArgumentParser, served: ServeConfig) -> None:

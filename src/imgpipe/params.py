@@ -69,6 +69,30 @@ class PreprocessParams(FrozenSettings):
 class EvaluateParams(FrozenSettings):
     batch_size: int = Field(ge=1)
     tta: Literal["none", "hflip", "multicrop"]
+    calibration: Literal["temperature", "none"]
+    bootstrap_resamples: int = Field(ge=1000, le=100_000)
+    positive_class: str | None = Field(default=None, min_length=1)
+    target_sensitivity: float | None = Field(default=None, gt=0, lt=1)
+    target_specificity: float | None = Field(default=None, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _one_target_with_a_positive_class(self) -> EvaluateParams:
+        targets = [t for t in (self.target_sensitivity, self.target_specificity) if t is not None]
+        if len(targets) > 1:
+            raise ValueError(
+                "set one of evaluate.target_sensitivity and evaluate.target_specificity, not both"
+            )
+        if self.positive_class is not None and not targets:
+            raise ValueError(
+                f"evaluate.positive_class '{self.positive_class}' needs a target: set "
+                "evaluate.target_sensitivity or evaluate.target_specificity (e.g. 0.95)"
+            )
+        if self.positive_class is None and targets:
+            raise ValueError(
+                "evaluate.target_sensitivity/target_specificity need evaluate.positive_class "
+                "(the class a screening test looks for)"
+            )
+        return self
 
 
 class ExportParams(FrozenSettings):
@@ -77,6 +101,7 @@ class ExportParams(FrozenSettings):
     int8: bool
     calibration_images: int = Field(ge=1)
     int8_max_drop: float = Field(ge=0, le=1)
+    int8_max_ece_rise: float = Field(ge=0, le=1)
 
 
 class DriftBaselineParams(FrozenSettings):

@@ -2,7 +2,9 @@
 
 ``imgpipe report`` turns ``dvc metrics diff``, ``dvc params diff`` and ``dvc plots diff`` against
 a base revision into markdown with the plots rendered to PNG (vl-convert), ready for a PR
-comment. ``imgpipe check-metrics`` fails when reproduced metrics drift from a revision's.
+comment. Headline changes are judged against noise: both revisions' test predictions are paired
+image by image and the difference gets a bootstrap interval. ``imgpipe check-metrics`` fails
+when reproduced metrics drift from a revision's.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -20,7 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from imgpipe.errors import ImgpipeError
+from imgpipe.evaluation.bootstrap import (
+    LOWER_IS_BETTER,
+    OperatingPoint,
+    PairedDelta,
+    paired_deltas,
+)
 from imgpipe.io import atomic_path
 
 
@@ -104,9 +115,22 @@ def render_plots(
 
 
 # The metrics a reviewer looks at first, in this order; for ECE lower is better.
-HEADLINE = ("accuracy", "macro_f1", "ece", "macro_roc_auc", "top5_accuracy", "tta_accuracy")
-LOWER_IS_BETTER = frozenset({"ece"})
+HEADLINE = (
+    "accuracy",
+    "macro_f1",
+    "ece",
+    "macro_roc_auc",
+    "sensitivity",
+    "specificity",
+    "group_accuracy",
+    "top5_accuracy",
+    "tta_accuracy",
+)
+INTERVAL_KEYS = ("_ci_low", "_ci_high")  # eval.json's bootstrap interval beside each metric
+INTERVAL_LEVEL = 0.95
 PER_CLASS = "metrics/eval/per_class.csv"
+PREDICTIONS = "metrics/eval/predictions.csv"
+CALIBRATION = "metrics/calibration.json"
 DRIFT_SUMMARY = "metrics/drift_baseline.json"
 
 
@@ -125,15 +149,6 @@ def _delta(change: Change) -> str:
     return "0" if delta == 0 else f"{delta:+.4g}"
 
 
-def _verdict(change: Change, threshold: float) -> str:
-    """A clear mark when a headline metric moved beyond ``threshold`` in either direction."""
-    delta = change.delta
-    if delta is None or abs(delta) <= threshold:
-        return ""
-    worse = delta > 0 if change.key in LOWER_IS_BETTER else delta < 0
-    return "**regression**" if worse else "improvement"
-
-
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return [
         "| " + " | ".join(header) + " |",
@@ -146,19 +161,157 @@ def _details(summary: str, body: list[str]) -> list[str]:
     return ["", "<details>", f"<summary>{summary}</summary>", "", *body, "", "</details>"]
 
 
-def per_class_rows(repo: Path, base: str) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    """The per-class scores at ``base`` (from git; empty when it had none) and now."""
+def _committed_text(repo: Path, base: str, path: str) -> str | None:
+    """``path`` as committed at ``base`` (from git); None when it had no such file."""
     shown = subprocess.run(
-        ["git", "show", f"{base}:{PER_CLASS}"],
+        ["git", "show", f"{base}:{path}"],
         cwd=repo,
         capture_output=True,
         text=True,
         check=False,
     )
-    old = list(csv.DictReader(io.StringIO(shown.stdout))) if shown.returncode == 0 else []
-    current = repo / PER_CLASS
-    new = list(csv.DictReader(io.StringIO(current.read_text()))) if current.is_file() else []
-    return old, new
+    return shown.stdout if shown.returncode == 0 else None
+
+
+def _workspace_text(repo: Path, path: str) -> str | None:
+    current = repo / path
+    return current.read_text(encoding="utf-8") if current.is_file() else None
+
+
+def per_class_rows(repo: Path, base: str) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """The per-class scores at ``base`` (from git; empty when it had none) and now."""
+    old, new = _committed_text(repo, base, PER_CLASS), _workspace_text(repo, PER_CLASS)
+    return (
+        list(csv.DictReader(io.StringIO(old))) if old is not None else [],
+        list(csv.DictReader(io.StringIO(new))) if new is not None else [],
+    )
+
+
+@dataclass(frozen=True)
+class SplitPredictions:
+    """One revision's test predictions (``metrics/eval/predictions.csv``: file, group, label
+    and one probability column per class) and the operating point its calibrate stage chose:
+    what the report pairs two revisions on, image by image."""
+
+    files: list[str]
+    groups: list[str]  # "" for every image when the split has no groups
+    labels: list[str]  # class names
+    classes: list[str]
+    probabilities: np.ndarray  # (images, classes), calibrated
+    positive_class: str | None = None
+    threshold: float | None = None
+
+
+def parse_predictions(
+    table: str, calibration: dict[str, Any] | None = None, *, where: str = PREDICTIONS
+) -> SplitPredictions:
+    """A predictions table, with the operating point of ``calibration`` (calibration.json)."""
+    reader = csv.reader(io.StringIO(table))
+    header = next(reader, [])
+    if header[:3] != ["file", "group", "label"]:
+        raise ImgpipeError(f"{where}: header {header[:3]} is not file, group, label")
+    classes = [column.removeprefix("p:") for column in header[3:]]
+    rows = list(reader)
+    try:
+        probabilities = np.array([[float(p) for p in row[3:]] for row in rows], dtype=np.float64)
+    except ValueError as error:
+        raise ImgpipeError(f"{where}: {error}") from None
+    if probabilities.shape != (len(rows), len(classes)) or not classes:
+        raise ImgpipeError(f"{where}: not one probability per class on every row")
+    labels = [row[2] for row in rows]
+    if unknown := sorted(set(labels) - set(classes)):
+        raise ImgpipeError(f"{where}: labels {unknown[:5]} are not among its classes")
+    settings = calibration or {}
+    threshold = settings.get("threshold")
+    return SplitPredictions(
+        files=[row[0] for row in rows],
+        groups=[row[1] for row in rows],
+        labels=labels,
+        classes=classes,
+        probabilities=probabilities,
+        positive_class=settings.get("positive_class"),
+        threshold=None if threshold is None else float(threshold),
+    )
+
+
+def prediction_tables(
+    repo: Path, base: str
+) -> tuple[SplitPredictions | None, SplitPredictions | None]:
+    """Both revisions' test predictions and operating points (None for a revision without
+    predictions.csv): the base's from git, this change's from the workspace."""
+    committed = _parsed(
+        _committed_text(repo, base, PREDICTIONS),
+        _committed_text(repo, base, CALIBRATION),
+        where=f"{base}:{PREDICTIONS}",
+    )
+    current = _parsed(
+        _workspace_text(repo, PREDICTIONS), _workspace_text(repo, CALIBRATION), where=PREDICTIONS
+    )
+    return committed, current
+
+
+def _parsed(table: str | None, calibration: str | None, *, where: str) -> SplitPredictions | None:
+    if table is None:
+        return None
+    return parse_predictions(table, json.loads(calibration) if calibration else None, where=where)
+
+
+def compare_predictions(
+    base: SplitPredictions | None, head: SplitPredictions | None
+) -> tuple[dict[str, PairedDelta], str]:
+    """Head-minus-base deltas with paired bootstrap intervals when both revisions scored the
+    same test images; otherwise no deltas and the line saying why they are not paired."""
+    unpaired = f"deltas are not paired; each side's {INTERVAL_LEVEL:.0%} interval is shown."
+    if base is None or head is None:
+        where = "either side" if base is head else "the base" if base is None else "this change"
+        return {}, f"No test predictions on {where} ({PREDICTIONS}): {unpaired}"
+    order = _matching_rows(base, head)
+    if order is None:
+        sizes = f"{len(base.files)} -> {len(head.files)} images"
+        return {}, f"The test split changed ({sizes}): {unpaired}"
+    if sorted(base.classes) != sorted(head.classes):
+        return {}, f"The classes changed: {unpaired}"
+    columns = [head.classes.index(name) for name in base.classes]
+    head_groups = [head.groups[i] for i in order]
+    deltas = paired_deltas(
+        np.array([base.classes.index(label) for label in base.labels]),
+        base.probabilities,
+        head.probabilities[order][:, columns],
+        _resampled_groups(head_groups) or _resampled_groups(base.groups),
+        _operating_point(base, base.classes),
+        _operating_point(head, base.classes),
+        level=INTERVAL_LEVEL,
+    )
+    return deltas, ""
+
+
+def _matching_rows(base: SplitPredictions, head: SplitPredictions) -> np.ndarray | None:
+    """The rows of ``head`` in ``base``'s order, matched by (file, label); None when the two
+    hold different images (the test split changed)."""
+    base_keys = list(zip(base.files, base.labels, strict=True))
+    head_keys = list(zip(head.files, head.labels, strict=True))
+    if sorted(base_keys) != sorted(head_keys):
+        return None
+    order = np.empty(len(base_keys), dtype=np.int64)
+    order[sorted(range(len(base_keys)), key=base_keys.__getitem__)] = sorted(
+        range(len(head_keys)), key=head_keys.__getitem__
+    )
+    return order
+
+
+def _resampled_groups(groups: list[str]) -> list[str] | None:
+    """The groups to resample whole: None when no image has one; an image without one is a
+    group of its own."""
+    if not any(groups):
+        return None
+    return [group or f"\0image {index}" for index, group in enumerate(groups)]
+
+
+def _operating_point(side: SplitPredictions, classes: list[str]) -> OperatingPoint | None:
+    """The side's operating point, its positive class indexed in ``classes``."""
+    if side.threshold is None or side.positive_class not in classes:
+        return None
+    return OperatingPoint(classes.index(side.positive_class), side.threshold)
 
 
 def markdown(
@@ -169,14 +322,15 @@ def markdown(
     *,
     relative_to: Path,
     per_class: tuple[list[dict[str, str]], list[dict[str, str]]] = ([], []),
+    predictions: tuple[SplitPredictions | None, SplitPredictions | None] = (None, None),
     withheld: Sequence[str] = (),
-    threshold: float = 0.005,
 ) -> str:
-    """The PR comment, what moved first: the headline metrics with deltas and a regression
-    mark beyond ``threshold``, the changed params, then (collapsed) every other metric that
-    moved, the per-class scores and the drift-baseline shares, and the plots."""
+    """The PR comment, what moved first: the headline metrics with deltas judged against
+    noise (paired over ``predictions``, base's and this change's), the changed params, then
+    (collapsed) every other metric that moved, the per-class scores and the drift-baseline
+    shares, and the plots."""
     lines = [f"## imgpipe: this change against `{base}`", ""]
-    lines += _headline(metrics, threshold)
+    lines += _headline(metrics, *compare_predictions(*predictions))
     lines += _int8_refusal(metrics)
     lines += ["", "### Params", ""]
     if params:
@@ -185,7 +339,7 @@ def markdown(
         )
     else:
         lines.append("No params changed.")
-    others = [c for c in metrics if c.key not in HEADLINE and c.file != DRIFT_SUMMARY]
+    others = [c for c in metrics if not _is_headline(c.key) and c.file != DRIFT_SUMMARY]
     moved = [c for c in others if c.old != c.new]
     if moved:
         rows = [[c.file, c.key, _cell(c.old), _cell(c.new), _delta(c)] for c in moved]
@@ -203,18 +357,71 @@ def markdown(
     return "\n".join(lines) + "\n"
 
 
-def _headline(metrics: list[Change], threshold: float) -> list[str]:
-    """The headline metrics' table, in :data:`HEADLINE` order."""
+def _is_headline(key: str) -> bool:
+    """A headline metric or its interval (shown, or superseded by the paired one, above)."""
+    return key in HEADLINE or any(
+        key.endswith(suffix) and key.removesuffix(suffix) in HEADLINE for suffix in INTERVAL_KEYS
+    )
+
+
+def _headline(metrics: list[Change], deltas: dict[str, PairedDelta], unpaired: str) -> list[str]:
+    """The headline metrics' table, in :data:`HEADLINE` order: with paired deltas, each
+    delta's interval and whether it is beyond chance; without, each side's own interval and a
+    line (``unpaired``) saying why."""
     headline = sorted(
         (c for c in metrics if c.key in HEADLINE),
         key=lambda c: (HEADLINE.index(c.key), c.file),
     )
     if not headline:
         return ["No headline metrics found."]
+    level = f"{INTERVAL_LEVEL:.0%} CI"
+    if not unpaired:
+        rows = [[c.key, _cell(c.old), _cell(c.new), *_judged(c, deltas)] for c in headline]
+        return _table(["metric", "base", "this change", f"delta ({level})", "verdict"], rows)
+    intervals = {(c.file, c.key): c for c in metrics if c.key.endswith(INTERVAL_KEYS)}
     rows = [
-        [c.key, _cell(c.old), _cell(c.new), _delta(c), _verdict(c, threshold)] for c in headline
+        [c.key, _with_interval(c, intervals, "old"), _with_interval(c, intervals, "new"), _delta(c)]
+        for c in headline
     ]
-    return _table(["metric", "base", "this change", "delta", f"beyond {threshold:g}"], rows)
+    with_level = any((c.file, c.key + INTERVAL_KEYS[0]) in intervals for c in headline)
+    sides = [f"{name} ({level})" if with_level else name for name in ("base", "this change")]
+    return [*_table(["metric", *sides, "delta"], rows), "", unpaired]
+
+
+def _judged(change: Change, deltas: dict[str, PairedDelta]) -> list[str]:
+    """The delta cell with its paired interval, and the verdict; the plain delta and no
+    verdict for a metric with no paired delta (top-5, TTA, group-level)."""
+    paired = deltas.get(change.key)
+    if paired is None:
+        return [_delta(change), ""]
+    verdict = paired.verdict(lower_is_better=change.key in LOWER_IS_BETTER)
+    return [_paired_cell(paired), "**worse**" if verdict == "worse" else verdict]
+
+
+def _paired_cell(paired: PairedDelta) -> str:
+    """``-0.030 [-0.041, -0.020]``: the delta and its interval to the same decimals, enough
+    for two significant digits of the interval's reach from the delta (more would be noise)."""
+    reach = max(abs(paired.low - paired.delta), abs(paired.high - paired.delta))
+    if reach == 0:  # the same decisions in every resample
+        return f"{_signed(paired.delta)} [{_signed(paired.low)}, {_signed(paired.high)}]"
+    decimals = min(6, max(0, 1 - math.floor(math.log10(reach))))
+    low, delta, high = (f"{v:+.{decimals}f}" for v in (paired.low, paired.delta, paired.high))
+    return f"{delta} [{low}, {high}]"
+
+
+def _signed(value: float) -> str:
+    return "0" if value == 0 else f"{value:+.4g}"
+
+
+def _with_interval(change: Change, intervals: dict[tuple[str, str], Change], side: str) -> str:
+    """The metric's value on one side (``old`` or ``new``), with the 95% interval eval.json
+    gives beside it when it has one: ``0.988 [0.981, 0.994]``."""
+    value = getattr(change, side)
+    bounds = [intervals.get((change.file, change.key + suffix)) for suffix in INTERVAL_KEYS]
+    low, high = (getattr(bound, side) if bound else None for bound in bounds)
+    if value is None or not isinstance(low, float | int) or not isinstance(high, float | int):
+        return _cell(value)
+    return f"{_cell(value)} [{low:.4g}, {high:.4g}]"
 
 
 def _per_class(old_rows: list[dict[str, str]], new_rows: list[dict[str, str]]) -> list[str]:
@@ -272,9 +479,7 @@ def _number(value: str | None) -> float | None:
     return None if value in (None, "") else float(value)
 
 
-def write_report(
-    repo: Path, base: str, out: Path, *, data_images: bool = False, threshold: float = 0.005
-) -> Path:
+def write_report(repo: Path, base: str, out: Path, *, data_images: bool = False) -> Path:
     """Write ``out/report.md`` and ``out/plots/*.png``; return the markdown file's path.
 
     Data-derived images (the misclassified and Grad-CAM grids) are left out unless
@@ -288,8 +493,8 @@ def write_report(
         plots,
         relative_to=out,
         per_class=per_class_rows(repo, base),
+        predictions=prediction_tables(repo, base),
         withheld=withheld,
-        threshold=threshold,
     )
     target = out / "report.md"
     with atomic_path(target) as temporary:

@@ -79,4 +79,13 @@ def test_repro_on_patients_with_stills_and_clips(tmp_path_factory: pytest.TempPa
     assert len(split_of) == 2 * PATIENTS and all(len(s) == 1 for s in split_of.values())
     evaluation = json.loads((repo / "metrics/eval.json").read_text())
     assert 0 <= evaluation["accuracy"] <= 1
+    # Patient-level results: each test patient once, intervals over patients.
+    test = load_split(repo / "data/processed/test")
+    assert test.groups is not None and len(test.groups) == len(test)
+    assert evaluation["test_groups"] == groups["per_split"]["test"] == len(set(test.groups))
+    assert evaluation["group_scored"] == evaluation["test_groups"]
+    assert 0 <= evaluation["group_accuracy_ci_low"] <= evaluation["group_accuracy"]
+    assert evaluation["group_accuracy"] <= evaluation["group_accuracy_ci_high"] <= 1
+    predictions = (repo / "metrics/eval/predictions.csv").read_text().splitlines()
+    assert predictions[0].startswith("file,group,label,") and len(predictions) == len(test) + 1
     assert dvc(repo, "status").stdout.strip() == "Data and pipelines are up to date."

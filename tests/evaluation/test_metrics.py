@@ -65,7 +65,7 @@ def test_misclassified_most_confident_first() -> None:
 
 
 def test_expected_calibration_error_by_hand() -> None:
-    from imgpipe.evaluation.metrics import calibration
+    from imgpipe.evaluation.calibration import calibration
 
     # Two bins used: confidence 0.95 (2 images, 1 right) and 0.6 (2 images, both right).
     probabilities = np.array([[0.95, 0.05], [0.95, 0.05], [0.4, 0.6], [0.4, 0.6]])
@@ -123,7 +123,7 @@ def test_score_split_adds_calibration_and_separability_to_the_metrics() -> None:
             [0.1, 0.6, 0.3],
         ]
     )
-    metrics, per_class = score_split(split, probabilities)
+    metrics, per_class = score_split(split.labels, probabilities, split.classes)
     headline, rows = classification_metrics(split.labels, probabilities, split.classes)
     assert {k: metrics[k] for k in headline} == headline
     # 15 bins: 0.9 and 0.8 alone and right, 0.6 four times and half right.
@@ -139,10 +139,12 @@ def test_score_split_adds_calibration_and_separability_to_the_metrics() -> None:
 
 def test_score_split_averages_over_the_classes_present_only() -> None:
     probabilities = np.array([[0.7, 0.2, 0.1], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1]])
-    metrics, per_class = score_split(three_classes([0, 1, 1]), probabilities)
+    split = three_classes([0, 1, 1])
+    metrics, per_class = score_split(split.labels, probabilities, split.classes)
     assert "roc_auc" not in per_class[2]  # no image of class c: its AUC is undefined
     assert metrics["macro_roc_auc"] == round((1.0 + 1.0) / 2, 6)
-    metrics, per_class = score_split(three_classes([1, 1, 1]), probabilities)
+    split = three_classes([1, 1, 1])
+    metrics, per_class = score_split(split.labels, probabilities, split.classes)
     assert metrics["macro_roc_auc"] is None and metrics["macro_average_precision"] is None
 
 

@@ -1,13 +1,16 @@
 import csv
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from PIL import Image
 
+from imgpipe.evaluation.bootstrap import OperatingPoint
+from imgpipe.evaluation.calibration import softmax
 from imgpipe.evaluation.metrics import score_split
 from imgpipe.evaluation.plots import write_plots
-from imgpipe.training.inference import predict_split
+from imgpipe.training.inference import predict_logits
 from imgpipe.training.model import Classifier, ModelMeta
 from tests.conftest import REPO_ROOT, make_split
 
@@ -22,9 +25,19 @@ def test_write_plots_writes_what_dvc_yaml_declares(
 ) -> None:
     model, _ = tiny_model
     test = make_split(4, seed=3)
-    probabilities = predict_split(model, test, 8, torch.device("cpu")).numpy()
-    _, per_class = score_split(test, probabilities)
-    write_plots(tmp_path / "eval", model, test, probabilities, per_class)
+    logits = predict_logits(model, test, 8, torch.device("cpu")).numpy()
+    probabilities, uncalibrated = softmax(logits, 0.5), softmax(logits)
+    _, per_class = score_split(test.labels, probabilities, test.classes)
+    point = OperatingPoint(1, 0.5)
+    write_plots(
+        tmp_path / "eval",
+        model,
+        test,
+        probabilities,
+        per_class,
+        uncalibrated=uncalibrated,
+        point=point,
+    )
 
     stage = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]["evaluate"]
     declared = [next(iter(e)) if isinstance(e, dict) else e for e in stage["plots"] + stage["outs"]]
@@ -41,7 +54,25 @@ def test_write_plots_writes_what_dvc_yaml_declares(
     for picture in ("misclassified.png", "gradcam.png"):
         assert Image.open(tmp_path / "eval" / picture).format == "PNG"
     calibration = rows(tmp_path / "eval/calibration.csv")
-    assert sum(int(row["images"]) for row in calibration) == len(test)
-    assert {row["class"] for row in rows(tmp_path / "eval/roc.csv")} <= set(test.classes)
+    for kind in ("calibrated", "uncalibrated"):
+        shown = [row for row in calibration if row["probabilities"] == kind]
+        assert sum(int(row["images"]) for row in shown) == len(test)
+    roc = rows(tmp_path / "eval/roc.csv")
+    marker = f"operating point ({test.classes[1]} >= 0.5)"
+    assert {row["class"] for row in roc} <= {*test.classes, marker}
+    called = probabilities[:, 1] >= 0.5
+    tpr = round(float(called[test.labels == 1].mean()), 6)
+    fpr = round(float(called[test.labels != 1].mean()), 6)
+    assert [(float(r["fpr"]), float(r["tpr"])) for r in roc if r["class"] == marker] == [
+        (0.0, tpr),
+        (fpr, tpr),
+        (fpr, 0.0),
+    ]
+    predictions = rows(tmp_path / "eval/predictions.csv")
+    assert list(predictions[0]) == ["file", "group", "label", *(f"p:{c}" for c in test.classes)]
+    assert [row["file"] for row in predictions] == test.files
+    assert [row["label"] for row in predictions] == [test.classes[i] for i in test.labels]
+    stored = np.array([[float(row[f"p:{c}"]) for c in test.classes] for row in predictions])
+    np.testing.assert_allclose(stored, probabilities, atol=5e-7)
     curve = rows(tmp_path / "eval/precision_recall.csv")
     assert len(curve) == 101 * len({row["class"] for row in curve})

@@ -57,6 +57,17 @@ def test_onnx_classifier_matches_torch(
     assert embeddings.shape[0] == 8
 
 
+# What calibrate would have written: a temperature and an operating point.
+FITTED = {
+    "temperature": 1.7,
+    "positive_class": "right",
+    "threshold": 0.4,
+    "target": "sensitivity",
+    "target_value": 0.9,
+    "val_sensitivity": 0.93,
+}
+
+
 @pytest.fixture
 def stage_folder(
     tiny_model: tuple[Classifier, ModelMeta], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -72,6 +83,7 @@ def stage_folder(
         np.save(tmp_path / name / "images.npy", split.images)
         write_labels_and_meta(tmp_path / name, split.labels.tolist(), split.classes, split.files)
     (tmp_path / "params.yaml").write_text((REPO_ROOT / "params.yaml").read_text())
+    (tmp_path / "calibration.json").write_text(json.dumps(FITTED))
     (tmp_path / "out").mkdir()
     monkeypatch.chdir(tmp_path)
     return tmp_path
@@ -88,6 +100,8 @@ def run_export(*changes: tuple[str, str]) -> None:
         "export_onnx.py",
         "--model",
         "model.pt",
+        "--calibration",
+        "calibration.json",
         "--val",
         "val",
         "--train",
@@ -126,6 +140,7 @@ def test_the_int8_model_carries_the_metadata_and_agrees_with_fp32(stage_folder: 
     assert metrics["int8"] == "written" and metrics["int8_calibration_images"] == 80
     assert metrics["int8_top1_agreement"] >= 0.95
     assert metrics["fp32_val_accuracy"] - metrics["int8_val_accuracy"] <= 0.005
+    assert abs(metrics["int8_val_ece"] - metrics["fp32_val_ece"]) <= 0.01
     images = make_split(10, seed=3).images
     quantised, full = OnnxClassifier(int8).run(images)[0], OnnxClassifier(fp32).run(images)[0]
     assert np.abs(quantised - full).max() < 0.1
@@ -170,6 +185,43 @@ def test_an_int8_model_that_loses_too_much_is_refused_without_failing_the_stage(
 def test_the_gate_passes_a_drop_within_the_limit() -> None:
     from imgpipe.export.quantize import Int8Report, rejection
 
-    report = Int8Report(0.99, 0.97, 0.97, 0.1, 0.05, 256)
-    assert rejection(report, 0.03, Path("m.onnx")) is None
-    assert rejection(report, 0.005, Path("m.onnx")) is not None
+    report = Int8Report(0.99, 0.97, 0.02, 0.025, 0.97, 0.1, 0.05, 256)
+    assert rejection(report, 0.03, 0.01, Path("m.onnx")) is None
+    assert rejection(report, 0.005, 0.01, Path("m.onnx")) is not None
+
+
+def test_the_gate_refuses_int8_whose_probabilities_lose_their_calibration() -> None:
+    from imgpipe.export.quantize import Int8Report, rejection
+
+    report = Int8Report(0.99, 0.99, 0.02, 0.035, 0.99, 0.1, 0.05, 256)
+    assert rejection(report, 0.005, 0.02, Path("m.onnx")) is None
+    refused = rejection(report, 0.005, 0.01, Path("m.onnx"))
+    assert refused is not None
+    assert "int8 calibration error 0.0350 is 0.0150 above fp32's 0.0200" in refused
+    assert "export.int8_max_ece_rise 0.01" in refused
+
+
+def test_the_exported_graph_gives_the_calibrated_probabilities(stage_folder: Path) -> None:
+    """The temperature is folded into the graph: onnxruntime's softmax equals torch's softmax
+    of the logits divided by it, the argmax is unchanged, and the metadata carries the
+    temperature and the operating point serve and predict apply."""
+    from imgpipe.training.model import load_checkpoint
+
+    run_export(("int8: true", "int8: false"))
+    fp32 = stage_folder / "out/model.onnx"
+    model, _ = load_checkpoint(stage_folder / "model.pt")
+    images = make_split(6, seed=4).images
+    probabilities, _ = OnnxClassifier(fp32).run(images)
+    with torch.no_grad():
+        logits = model.eval()(torch.from_numpy(images).permute(0, 3, 1, 2))
+    np.testing.assert_allclose(probabilities, (logits / 1.7).softmax(1).numpy(), atol=1e-5)
+    assert not np.allclose(probabilities, logits.softmax(1).numpy(), atol=1e-3)
+    np.testing.assert_array_equal(probabilities.argmax(1), logits.argmax(1).numpy())
+    meta = read_onnx_metadata(fp32)
+    assert meta["temperature"] == 1.7
+    assert meta["operating_point"] == {
+        "positive_class": "right",
+        "threshold": 0.4,
+        "target": "sensitivity",
+        "target_value": 0.9,
+    }

@@ -147,3 +147,61 @@ def test_a_table_missing_columns_or_of_no_kind_is_exit_2(
         ".parquet, .csv, .jsonl file",
     ]
     assert not (tmp_path / "o" / "drift.json").exists()
+
+
+def test_drift_is_written_for_prometheus_too(setup: tuple[Path, Path, Path]) -> None:
+    """--prometheus-textfile and --pushgateway carry drift.json's verdict and scores."""
+    from tests.monitoring.exporters import fake_pushgateway, samples
+
+    root, model, reference = setup
+    folder = root / "inverted-for-prometheus"
+    write_folder(folder, 255 - images(60, seed=3))
+    textfile = root / "textfile" / "imgpipe_drift.prom"
+    with fake_pushgateway() as (url, received):
+        code = main(
+            [
+                "drift",
+                "--current",
+                str(folder),
+                "--reference",
+                str(reference),
+                "--model",
+                str(model),
+                "--out",
+                str(root / "prometheus-report"),
+                "--prometheus-textfile",
+                str(textfile),
+                "--pushgateway",
+                url,
+            ]
+        )
+    summary = json.loads((root / "prometheus-report" / "drift.json").read_text())
+    exported = samples(textfile.read_text())
+    assert code == 1
+    assert exported[("imgpipe_drift_detected", ())] == 1
+    assert exported[("imgpipe_drift_embedding_score", ())] == summary["embedding"]["score"]
+    drifted = summary["features"]["drifted_share"]
+    assert exported[("imgpipe_drift_share_drifted_columns", ())] == drifted
+    [(_, path, body)] = received
+    assert path == "/metrics/job/imgpipe_drift"
+    assert samples(body)[("imgpipe_drift_detected", ())] == 1
+
+
+def test_a_textfile_node_exporter_would_ignore_is_refused_before_the_checks(
+    setup: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    _, model, reference = setup
+    code = main(
+        [
+            "drift",
+            "--current",
+            str(tmp_path / "not-even-there"),
+            "--reference",
+            str(reference),
+            "--model",
+            str(model),
+            "--prometheus-textfile",
+            str(tmp_path / "drift.txt"),
+        ]
+    )
+    assert code == 2

@@ -53,3 +53,10 @@ def test_summary_counts_predicted_shares() -> None:
     assert summary["predicted_share"] == {"a": 1.0, "b": 0.0}
     assert summary["embedding_dims"] == 1
     assert summary["mean_confidence"] == 0.75
+    # pandas' linear interpolation between 0.5 and 1.0: what the service exports as quantiles
+    assert summary["confidence_quantiles"] == {
+        "0.05": 0.525,
+        "0.1": 0.55,
+        "0.25": 0.625,
+        "0.5": 0.75,
+    }

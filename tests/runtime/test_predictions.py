@@ -12,8 +12,9 @@ import pytest
 from PIL import Image
 
 from imgpipe.cli import main
-from imgpipe.runtime.onnx_model import OnnxClassifier
+from imgpipe.runtime.onnx_model import OnnxClassifier, embedding_column_names
 from tests.conftest import make_split
+from tests.runtime.model_variants import threshold_between, with_operating_point
 
 
 @pytest.fixture
@@ -99,6 +100,46 @@ def test_json_lines_on_stdout_and_a_clear_error_for_a_missing_path(
     classifier = OnnxClassifier(tiny_onnx)
     probabilities, _ = classifier.run(images[[1]])  # 001.png holds image 1
     assert row["path"].endswith("001.png")
+    assert "decision" not in row and "positive_probability" not in row  # no operating point
     assert row["class_1"] == classifier.classes[int(probabilities[0].argmax())]
     assert row["probability_1"] == pytest.approx(float(probabilities[0].max()), abs=1e-5)
     assert main(["predict", str(folder / "nothing"), "--model", str(tiny_onnx)]) == 2
+
+
+def test_a_model_with_an_operating_point_adds_its_decision_before_the_embeddings(
+    tiny_onnx: Path, inputs: tuple[Path, np.ndarray], tmp_path: Path
+) -> None:
+    folder, images = inputs
+    positive = OnnxClassifier(tiny_onnx).run(images)[0][:, 1]
+    threshold = threshold_between(positive, below=len(images) // 2)
+    screening = with_operating_point(tiny_onnx, tmp_path / "screening.onnx", threshold)
+    out = tmp_path / "predictions.csv"
+    arguments = ["predict", str(folder), "--model", str(screening), "--output", str(out)]
+    assert main([*arguments, "--top-k", "1", "--embeddings"]) == 1  # two files are no images
+    table = pd.read_csv(out, keep_default_na=False)
+    assert list(table.columns[:7]) == [
+        "path",
+        "frame",
+        "error",
+        "class_1",
+        "probability_1",
+        "positive_probability",
+        "decision",
+    ]
+    assert list(table.columns[7:]) == embedding_column_names(
+        OnnxClassifier(tiny_onnx).embedding_dims
+    )
+    failed = table[table["error"] != ""]
+    assert failed[["positive_probability", "decision"]].to_numpy().tolist() == [["", ""]] * 2
+    good = table[table["error"] == ""]
+    order = [int(Path(p).stem) for p in good["path"]]
+    expected = np.where(positive[order] >= threshold, "positive", "negative")
+    assert list(good["decision"]) == list(expected)
+    assert sorted(set(expected)) == ["negative", "positive"]  # the threshold splits the images
+    np.testing.assert_allclose(
+        good["positive_probability"].astype(float), positive[order], atol=1e-6
+    )
+    # --threshold moves the rule: at 0 every image is positive.
+    assert main([*arguments, "--threshold", "0"]) == 1
+    moved = pd.read_csv(out, keep_default_na=False)
+    assert set(moved[moved["error"] == ""]["decision"]) == {"positive"}

@@ -1,4 +1,5 @@
-"""The upload page and the OpenAPI docs, and the page driven in headless chromium."""
+"""The upload page and the OpenAPI docs, and the page driven in headless chromium (decisions
+included, for a model with an operating point)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from fastapi.testclient import TestClient
 
 from imgpipe.data.splits import SplitArrays
@@ -84,6 +86,10 @@ def test_upload_page_in_headless_chromium(
         assert good is not None and bad is not None
         assert good.get_attribute("data-predicted") == expected[0]["class"]
         assert text_of(good, ".name") == "digit.png"
+        # No operating point in this model: no decision on the card.
+        assert (
+            good.get_attribute("data-decision") is None and good.query_selector(".decision") is None
+        )
         rows = good.query_selector_all(".class")
         assert [text_of(r, ".label") for r in rows] == [e["class"] for e in expected]
         width = element(rows[0], ".bar").get_attribute("style")
@@ -139,3 +145,55 @@ def test_the_page_asks_for_the_token_once(
                 timeout=15_000,
             )
         assert asked == ["This service needs an access token:"]
+
+
+# "positive for right (0.4081 ≥ threshold 0.4080)"
+DECISION_TEXT = re.compile(r"(positive|negative) for (\w+) \((\d\.\d+) (≥|<) threshold (\d\.\d+)\)")
+
+
+@needs_chromium
+def test_the_page_shows_the_services_decision(
+    screening_onnx: Path,
+    screened_images: np.ndarray,
+    positive_probabilities: np.ndarray,
+    tmp_path: Path,
+) -> None:
+    """The two images either side of the threshold, closer to it than two decimals tell: each
+    card shows the service's decision, the probability and the threshold, with the digits it
+    takes to tell them apart."""
+    import httpx
+
+    order = np.argsort(positive_probabilities)
+    middle = len(order) // 2
+    files = {"under.png": order[middle - 1], "over.png": order[middle]}
+    for name, index in files.items():
+        (tmp_path / name).write_bytes(png_bytes(screened_images[index]))
+    with (
+        LiveServer(ServeConfig(model=screening_onnx)) as server,
+        headless_chromium() as browser,
+    ):
+        uploaded = [
+            ("files", (name, (tmp_path / name).read_bytes(), "image/png")) for name in files
+        ]
+        answer = httpx.post(f"{server.url}/predict", files=uploaded).json()
+        threshold = answer["operating_point"]["threshold"]
+        expected = {p["file"]: p for p in answer["predictions"]}
+        assert [expected[name]["decision"] for name in files] == ["negative", "positive"]
+        page = browser.new_page()
+        page.goto(server.url + "/")
+        page.set_input_files("#files", [str(tmp_path / name) for name in files])
+        page.wait_for_function(
+            "document.querySelectorAll('.result[data-decision]').length === 2", timeout=15_000
+        )
+        for card in page.query_selector_all(".result"):
+            prediction = expected[text_of(card, ".name")]
+            assert card.get_attribute("data-decision") == prediction["decision"]
+            shown = DECISION_TEXT.fullmatch(text_of(card, ".decision"))
+            assert shown is not None, text_of(card, ".decision")
+            decision, positive_class, probability, sign, shown_threshold = shown.groups()
+            assert (decision, positive_class) == (prediction["decision"], "right")
+            assert sign == ("≥" if decision == "positive" else "<")
+            assert probability != shown_threshold  # as many digits as it takes
+            half_digit = 0.5 * 10 ** -len(probability.split(".")[1])
+            assert abs(float(probability) - prediction["positive_probability"]) <= half_digit
+            assert abs(float(shown_threshold) - threshold) <= half_digit

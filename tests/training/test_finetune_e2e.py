@@ -96,7 +96,13 @@ def test_experiment_with_the_transfer_settings_learns_and_writes_every_metric(
 ) -> None:
     settings = ["freeze_epochs=2", "layer_decay=0.75", "mixup=0.2", "augment.policy=randaugment"]
     run = dvc(photos_repo, "exp", "run", *[f"-S{s}" for s in settings], "--name", "transfer")
-    assert stages_run(run.stdout) == {"train", "evaluate", "export-onnx", "drift-baseline"}
+    assert stages_run(run.stdout) == {
+        "train",
+        "calibrate",
+        "evaluate",
+        "export-onnx",
+        "drift-baseline",
+    }
     assert "epoch 3: 0 parameter tensors frozen" in run.stdout + run.stderr  # head first
     evaluation = json.loads((photos_repo / "metrics/eval.json").read_text())
     headline = {

@@ -45,6 +45,7 @@ def write_splits(
     image_size: int,
     channels: int,
     workers: int = 1,
+    grouped: bool = False,
 ) -> dict[str, SplitOutcome]:
     """Every split written to ``out/<split>`` (:func:`write_split`), train, val, then test."""
     return {
@@ -56,6 +57,7 @@ def write_splits(
             image_size=image_size,
             channels=channels,
             workers=workers,
+            grouped=grouped,
         )
         for split in SPLITS
     }
@@ -70,8 +72,10 @@ def write_split(
     image_size: int,
     channels: int,
     workers: int = 1,
+    grouped: bool = False,
 ) -> SplitOutcome:
-    """Decode, resize and write one split, decoding on ``workers`` processes.
+    """Decode, resize and write one split, decoding on ``workers`` processes; with ``grouped``,
+    the meta file lists each image's group (patient, clip).
 
     Each worker writes the rows it decodes straight into ``images.npy`` at their offsets, so
     only a digest or a skip reason crosses between processes, and no process maps or holds
@@ -91,6 +95,7 @@ def write_split(
         kept_rows: list[int] = []
         labels: list[int] = []
         files: list[str] = []
+        groups: list[str] = []
         results = tqdm(
             fork_map(_decode_job, jobs, workers, chunksize=32),
             total=len(jobs),
@@ -107,11 +112,12 @@ def write_split(
             kept_rows.append(row)
             labels.append(sample.label)
             files.append(file)
+            groups.append(sample.group)
             outcome.digests[file] = detail
             outcome.hashes[file] = hashed
         if outcome.skipped:
             compact_rows(array, header, row_bytes, kept_rows, row_shape)
-        write_labels_and_meta(temporary, labels, classes, files)
+        write_labels_and_meta(temporary, labels, classes, files, groups if grouped else None)
     return outcome
 
 

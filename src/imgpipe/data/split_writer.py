@@ -13,11 +13,20 @@ from imgpipe.io import write_json
 
 
 def write_labels_and_meta(
-    folder: Path, labels: list[int], classes: list[str], files: list[str]
+    folder: Path,
+    labels: list[int],
+    classes: list[str],
+    files: list[str],
+    groups: list[str] | None = None,
 ) -> None:
-    """The rest of a split beside its ``images.npy``."""
+    """The rest of a split beside its ``images.npy``; ``groups`` (the patient or clip of each
+    row) only when the split was made by groups, so that evaluation can score and resample
+    whole groups."""
     np.save(folder / "labels.npy", np.asarray(labels, dtype=np.int64))
-    write_json(folder / "meta.json", {"classes": classes, "files": files})
+    meta: dict[str, object] = {"classes": classes, "files": files}
+    if groups is not None:
+        meta["groups"] = groups
+    write_json(folder / "meta.json", meta)
 
 
 def create_image_array(path: Path, shape: tuple[int, ...]) -> int:

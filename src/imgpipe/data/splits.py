@@ -1,6 +1,7 @@
 """The on-disk format of a preprocessed split, written by preprocess and read by every later
 stage: ``<split>/images.npy`` (``N x H x W x C`` uint8), ``labels.npy`` (int64) and
-``meta.json`` (class names and the source file of every row).
+``meta.json`` (class names, the source file of every row and, when the split was made by
+groups, the group of every row).
 
 Its own module because it is a dependency of every stage after preprocess: the data report or
 the leak finder can change without retraining anything. The writer, which only preprocess uses,
@@ -29,6 +30,7 @@ class SplitArrays:
     labels: np.ndarray  # N, int64
     classes: list[str]
     files: list[str] = field(default_factory=list)
+    groups: list[str] | None = None  # patient/clip of each row; None: every image on its own
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -43,6 +45,7 @@ def load_split(folder: Path) -> SplitArrays:
             labels=np.load(folder / "labels.npy"),
             classes=list(meta["classes"]),
             files=list(meta["files"]),
+            groups=list(meta["groups"]) if "groups" in meta else None,
         )
     except FileNotFoundError as exc:
         raise ImgpipeError(f"{folder}: not a preprocessed split ({exc.filename} missing)") from None

@@ -13,9 +13,18 @@ import torch.nn.functional as F  # noqa: N812 (the conventional name)
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
 from imgpipe.data.splits import SplitArrays
+from imgpipe.evaluation.bootstrap import (
+    OPERATING_METRICS,
+    OperatingPoint,
+    confidence_intervals,
+    weighted_metrics,
+)
+from imgpipe.evaluation.calibration import calibration
+from imgpipe.evaluation.groups import group_scores
 
 TOP_K_ACCURACY = 5  # top-k accuracy is reported when there are more classes than this
 MULTICROP_SHARE = 0.875  # side of each of the five crops, as a share of the image's side
+BOOTSTRAP_SEED = 0  # fixed: a rerun draws the same resamples, so eval.json stays bit-identical
 
 
 def classification_metrics(
@@ -123,38 +132,6 @@ def misclassified_rows(
     return sorted(rows, key=lambda row: (-row["confidence"], row["file"]))
 
 
-def calibration(
-    labels: np.ndarray, probabilities: np.ndarray, bins: int = 15
-) -> tuple[float, list[dict[str, float]]]:
-    """Expected calibration error of the top-1 confidence, and the reliability-diagram rows.
-
-    ECE = sum over equal-width confidence bins of (share of images in the bin) x |accuracy -
-    mean confidence| (Guo et al. 2017); empty bins contribute nothing and get no row.
-    """
-    confidence = probabilities.max(1)
-    correct = probabilities.argmax(1) == labels
-    # Bin i holds (i/bins, (i+1)/bins]; a confidence of exactly 0 joins the first bin.
-    index = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
-    error, rows = 0.0, []
-    for b in range(bins):
-        members = index == b
-        if not members.any():
-            continue
-        accuracy, mean_confidence = (
-            float(correct[members].mean()),
-            float(confidence[members].mean()),
-        )
-        error += members.mean() * abs(accuracy - mean_confidence)
-        rows.append(
-            {
-                "confidence": round(mean_confidence, 6),
-                "accuracy": round(accuracy, 6),
-                "images": int(members.sum()),
-            }
-        )
-    return round(float(error), 6), rows
-
-
 def one_vs_rest_curves(
     labels: np.ndarray, probabilities: np.ndarray, classes: list[str]
 ) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]], list[dict[str, Any]]]:
@@ -200,21 +177,91 @@ def one_vs_rest_curves(
 
 
 def score_split(
-    split: SplitArrays, probabilities: np.ndarray
+    labels: np.ndarray, probabilities: np.ndarray, classes: list[str]
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The headline metrics (those of :func:`classification_metrics`, the expected calibration
     error, and ROC AUC and average precision averaged over the classes that have both positives
     and negatives; None when none has), and one row of scores per class (with its ROC AUC and
     average precision where defined)."""
-    metrics, per_class = classification_metrics(split.labels, probabilities, split.classes)
-    metrics["ece"], _ = calibration(split.labels, probabilities)
-    separability, _, _ = one_vs_rest_curves(split.labels, probabilities, split.classes)
+    metrics, per_class = classification_metrics(labels, probabilities, classes)
+    metrics["ece"], _ = calibration(labels, probabilities)
+    separability, _, _ = one_vs_rest_curves(labels, probabilities, classes)
     for row in per_class:
         row.update(separability.get(row["class"], {}))
     for name in ("roc_auc", "average_precision"):
         values = [s[name] for s in separability.values()]
         metrics[f"macro_{name}"] = round(sum(values) / len(values), 6) if values else None
     return metrics, per_class
+
+
+def operating_point_metrics(
+    labels: np.ndarray, probabilities: np.ndarray, point: OperatingPoint
+) -> dict[str, Any]:
+    """The threshold and the sensitivity, specificity, PPV and NPV it gives (None where a
+    denominator is empty)."""
+    values = weighted_metrics(labels, probabilities, np.ones((1, len(labels))), point)
+    scores = {name: values[name][0] for name in OPERATING_METRICS}
+    return {"threshold": point.threshold} | {
+        name: None if np.isnan(value) else round(float(value), 6) for name, value in scores.items()
+    }
+
+
+def with_intervals(
+    metrics: dict[str, Any],
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    *,
+    groups: list[str] | None,
+    point: OperatingPoint | None,
+    resamples: int,
+) -> dict[str, Any]:
+    """``metrics`` plus a 95% bootstrap interval beside each headline and operating-point
+    metric (``<name>_ci_low``, ``<name>_ci_high``), whole groups resampled when there are
+    groups."""
+    intervals = confidence_intervals(
+        labels, probabilities, groups, point, resamples=resamples, seed=BOOTSTRAP_SEED
+    )
+    out = dict(metrics)
+    for name, (low, high) in intervals.items():
+        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = low, high
+    return out
+
+
+GROUP_METRICS = ("accuracy", "macro_f1", "macro_roc_auc", *OPERATING_METRICS)
+
+
+def group_metrics(
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    classes: list[str],
+    groups: list[str],
+    *,
+    point: OperatingPoint | None,
+    resamples: int,
+) -> dict[str, Any]:
+    """Patient/clip-level results (``group_`` keys): each group scored once from its mean
+    probabilities, with intervals over groups, and how many groups there are, were scored and
+    were left out for spanning classes."""
+    scored = group_scores(labels, probabilities, groups)
+    out: dict[str, Any] = {
+        "test_groups": len(set(groups)),
+        "group_scored": len(scored.labels),
+        "groups_spanning_classes": scored.spanning_classes,
+    }
+    if not len(scored.labels):
+        return out
+    metrics, _ = score_split(scored.labels, scored.probabilities, classes)
+    if point is not None:
+        metrics |= operating_point_metrics(scored.labels, scored.probabilities, point)
+    metrics = with_intervals(
+        metrics, scored.labels, scored.probabilities, groups=None, point=point, resamples=resamples
+    )
+    kept = {
+        key: value
+        for key, value in metrics.items()
+        if key.removesuffix("_ci_low").removesuffix("_ci_high") in GROUP_METRICS
+    }
+    return out | {f"group_{key}": value for key, value in kept.items()}
 
 
 def tta_headline(split: SplitArrays, augmented: np.ndarray) -> dict[str, Any]:

@@ -137,7 +137,7 @@ def _last_spatial_layer(model: Classifier, sample: np.ndarray) -> torch.nn.Modul
     stages = sorted(info, key=lambda stage: stage["reduction"])
     fine = [stage for stage in stages if side // stage["reduction"] >= GRADCAM_MIN_CELLS]
     layer = model.net.get_submodule((fine or stages[:1])[-1]["module"])
-    probe = torch.from_numpy(np.ascontiguousarray(sample)).permute(0, 3, 1, 2).float()
+    probe = torch.from_numpy(np.array(sample)).permute(0, 3, 1, 2).float()  # a writable copy
     seen: list[torch.Tensor] = []
     handle = layer.register_forward_hook(lambda module, inputs, output: seen.append(output))
     try:

@@ -12,6 +12,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -29,17 +30,30 @@ class ParityError(ImgpipeError):
     """onnxruntime's outputs differ from torch's beyond the tolerance."""
 
 
-class _WithEmbedding(nn.Module):
-    def __init__(self, model: Classifier) -> None:
+class CalibratedWithEmbedding(nn.Module):
+    """The exported graph: calibrated logits (divided by the fitted temperature, so that every
+    consumer's softmax gives calibrated probabilities) and the embedding."""
+
+    def __init__(self, model: Classifier, temperature: float = 1.0) -> None:
         super().__init__()
         self.model = model
+        self.temperature = temperature
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.forward_with_embedding(images)
+        logits, embedding = self.model.forward_with_embedding(images)
+        if self.temperature == 1.0:  # no division node in an uncalibrated graph
+            return logits, embedding
+        return logits / self.temperature, embedding
 
 
 def export_onnx(
-    model: Classifier, meta: ModelMeta, destination: Path, opset: int, provenance: dict[str, str]
+    model: Classifier,
+    meta: ModelMeta,
+    destination: Path,
+    opset: int,
+    provenance: dict[str, Any],
+    *,
+    temperature: float = 1.0,
 ) -> None:
     """Export ``model`` to a single ONNX file (no external data) with a dynamic batch axis.
 
@@ -49,12 +63,14 @@ def export_onnx(
         destination: the ``.onnx`` file to write (wrap in :func:`~imgpipe.io.atomic_path` and
             check parity before it is renamed into place).
         opset: ONNX opset version.
-        provenance: extra identity fields (e.g. the checkpoint's sha256).
+        provenance: extra fields (the checkpoint's sha256, the temperature, the operating
+            point).
+        temperature: folded into the graph: its ``logits`` output is divided by it.
     """
     example = torch.zeros(2, meta.channels, meta.image_size, meta.image_size, dtype=torch.uint8)
     batch = torch.export.Dim("batch", min=1)
     program = torch.onnx.export(
-        _WithEmbedding(model).eval(),
+        CalibratedWithEmbedding(model, temperature).eval(),
         (example,),
         dynamo=True,
         opset_version=opset,
@@ -86,6 +102,13 @@ def _drop_stack_traces(proto: onnx.ModelProto) -> None:
             node.metadata_props.extend(kept)
 
 
+def operating_point_metadata(fitted: dict[str, Any]) -> dict[str, Any] | None:
+    """What serve and predict need of calibrate's operating point (None: no threshold)."""
+    if fitted.get("threshold") is None:
+        return None
+    return {key: fitted[key] for key in ("positive_class", "threshold", "target", "target_value")}
+
+
 @dataclass(frozen=True)
 class ParityReport:
     max_abs_diff_logits: float
@@ -97,9 +120,15 @@ class ParityReport:
 
 
 def check_parity(
-    onnx_path: Path, model: Classifier, images: np.ndarray, tolerance: float
+    onnx_path: Path,
+    model: Classifier,
+    images: np.ndarray,
+    tolerance: float,
+    *,
+    temperature: float = 1.0,
 ) -> ParityReport:
-    """Compare onnxruntime with torch on ``images`` (``N x H x W x C`` uint8).
+    """Compare onnxruntime with torch (its logits divided by ``temperature``, as exported) on
+    ``images`` (``N x H x W x C`` uint8).
 
     The images go through once as one batch and once one by one, which also proves the batch
     axis is dynamic.
@@ -111,9 +140,8 @@ def check_parity(
     batch = np.array(images.transpose(0, 3, 1, 2), order="C")  # a writable copy for torch
     with torch.no_grad():
         started = time.perf_counter()
-        reference = [
-            t.numpy() for t in model.eval().forward_with_embedding(torch.from_numpy(batch))
-        ]
+        calibrated = CalibratedWithEmbedding(model, temperature).eval()
+        reference = [t.numpy() for t in calibrated(torch.from_numpy(batch))]
         torch_seconds = time.perf_counter() - started
     started = time.perf_counter()
     batched = session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})

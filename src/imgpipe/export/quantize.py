@@ -4,7 +4,8 @@ onnxruntime's ``quantize_static`` in QDQ format with uint8 activations and int8 
 weights (U8S8, which fuses fully on x86; the default S8S8 barely fused here and dynamic int8
 made CNNs slower), calibrated (min/max) on a stated number of training images. The int8 file
 carries the fp32 file's metadata plus its quantisation settings, so it serves and predicts as
-the fp32 one does.
+the fp32 one does. The gate: validation accuracy and calibration error (the graph's logits are
+already calibrated) both close to fp32's.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 import onnx
 
 from imgpipe.data.splits import SplitArrays, load_split
+from imgpipe.evaluation.calibration import calibration
 from imgpipe.io import atomic_path
 from imgpipe.runtime.onnx_model import INPUT_NAME, METADATA_KEY, OnnxClassifier
 
@@ -36,6 +38,8 @@ CALIBRATION_SEED = 0
 class Int8Report:
     fp32_accuracy: float
     int8_accuracy: float
+    fp32_ece: float
+    int8_ece: float
     agreement: float  # share of images with the same top-1 class
     fp32_ms_per_image: float
     int8_ms_per_image: float
@@ -51,6 +55,7 @@ def export_int8(
     enabled: bool,
     calibration_images: int,
     max_drop: float,
+    max_ece_rise: float = 1.0,
 ) -> dict[str, Any]:
     """Write the int8 model of ``fp32`` as ``folder``/model.onnx when ``enabled`` and it passes
     the accuracy gate (:func:`rejection`); ``folder`` is left empty otherwise. A refused int8
@@ -66,6 +71,7 @@ def export_int8(
         enabled: export.int8.
         calibration_images: export.calibration_images.
         max_drop: export.int8_max_drop, the validation accuracy int8 may lose.
+        max_ece_rise: export.int8_max_ece_rise, the validation ECE int8 may add.
 
     Returns:
         What goes into metrics/export.json: ``int8`` is ``off``, ``rejected`` or ``written``.
@@ -79,16 +85,19 @@ def export_int8(
         candidate = temporary / "model.onnx"
         quantize_int8(fp32, candidate, images[rows])
         report = compare_int8(fp32, candidate, val.images, val.labels, len(rows))
-        refused = rejection(report, max_drop, folder / "model.onnx")
+        refused = rejection(report, max_drop, max_ece_rise, folder / "model.onnx")
         if refused:
             candidate.unlink()
             log.warning(refused)
             return {"int8": "rejected", **summary(report)}
         size = candidate.stat().st_size
     log.info(
-        "int8: val accuracy %.4f (fp32 %.4f), agreement %.4f; %.3f ms vs %.3f ms per image",
+        "int8: val accuracy %.4f (fp32 %.4f), ECE %.4f (fp32 %.4f), agreement %.4f; "
+        "%.3f ms vs %.3f ms per image",
         report.int8_accuracy,
         report.fp32_accuracy,
+        report.int8_ece,
+        report.fp32_ece,
         report.agreement,
         report.int8_ms_per_image,
         report.fp32_ms_per_image,
@@ -164,18 +173,22 @@ def _carry_metadata(fp32: Path, int8: Path, calibration_images: int) -> None:
 def compare_int8(
     fp32: Path, int8: Path, images: np.ndarray, labels: np.ndarray, calibration_images: int
 ) -> Int8Report:
-    """Both models on ``images``: accuracy, top-1 agreement and time per image."""
+    """Both models on ``images``: accuracy, calibration error, top-1 agreement and time per
+    image."""
     results: list[tuple[np.ndarray, float]] = []
     for path in (fp32, int8):
         classifier = OnnxClassifier(path)
         classifier.run(images[:LATENCY_BATCH], LATENCY_BATCH)  # warm-up
         started = time.perf_counter()
         probabilities, _ = classifier.run(images, LATENCY_BATCH)
-        results.append((probabilities.argmax(1), time.perf_counter() - started))
-    (fp32_top, fp32_s), (int8_top, int8_s) = results
+        results.append((probabilities, time.perf_counter() - started))
+    (fp32_p, fp32_s), (int8_p, int8_s) = results
+    fp32_top, int8_top = fp32_p.argmax(1), int8_p.argmax(1)
     return Int8Report(
         fp32_accuracy=float((fp32_top == labels).mean()),
         int8_accuracy=float((int8_top == labels).mean()),
+        fp32_ece=calibration(labels, fp32_p)[0],
+        int8_ece=calibration(labels, int8_p)[0],
         agreement=float((fp32_top == int8_top).mean()),
         fp32_ms_per_image=1000 * fp32_s / len(images),
         int8_ms_per_image=1000 * int8_s / len(images),
@@ -183,19 +196,29 @@ def compare_int8(
     )
 
 
-def rejection(report: Int8Report, max_drop: float, path: Path) -> str | None:
+def rejection(report: Int8Report, max_drop: float, max_ece_rise: float, path: Path) -> str | None:
     """Why the int8 model at ``path`` is refused (it loses more than ``max_drop`` validation
-    accuracy), or None when it passes."""
+    accuracy, or its probabilities are off by more than ``max_ece_rise`` more ECE than
+    fp32's), or None when it passes."""
     drop = report.fp32_accuracy - report.int8_accuracy
-    if drop <= max_drop:
-        return None
-    return (
-        f"{path}: int8 accuracy {report.int8_accuracy:.4f} is {drop:.4f} below fp32's "
-        f"{report.fp32_accuracy:.4f} on the validation split, more than export.int8_max_drop "
-        f"{max_drop:g}; the int8 model is not written and metrics/export.json says "
-        '"int8": "rejected" (serve models/model.onnx, raise export.calibration_images, or set '
-        "export.int8: false)"
+    rise = report.int8_ece - report.fp32_ece
+    advice = (
+        'the int8 model is not written and metrics/export.json says "int8": "rejected" (serve '
+        "models/model.onnx, raise export.calibration_images, or set export.int8: false)"
     )
+    if drop > max_drop:
+        return (
+            f"{path}: int8 accuracy {report.int8_accuracy:.4f} is {drop:.4f} below fp32's "
+            f"{report.fp32_accuracy:.4f} on the validation split, more than "
+            f"export.int8_max_drop {max_drop:g}; {advice}"
+        )
+    if rise > max_ece_rise:
+        return (
+            f"{path}: int8 calibration error {report.int8_ece:.4f} is {rise:.4f} above fp32's "
+            f"{report.fp32_ece:.4f} on the validation split, more than "
+            f"export.int8_max_ece_rise {max_ece_rise:g}; {advice}"
+        )
+    return None
 
 
 def summary(report: Int8Report) -> dict[str, Any]:
@@ -204,5 +227,7 @@ def summary(report: Int8Report) -> dict[str, Any]:
         "int8_calibration_images": report.calibration_images,
         "int8_val_accuracy": round(report.int8_accuracy, 6),
         "fp32_val_accuracy": round(report.fp32_accuracy, 6),
+        "int8_val_ece": report.int8_ece,
+        "fp32_val_ece": report.fp32_ece,
         "int8_top1_agreement": round(report.agreement, 6),
     }

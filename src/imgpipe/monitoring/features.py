@@ -17,6 +17,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
 STATISTIC_COLUMNS = ("brightness", "contrast", "sharpness", "dark_fraction", "bright_fraction")
+# The low quantiles of the top-1 probability the service exports beside its live histogram:
+# a model growing unsure shows first in its least confident images.
+CONFIDENCE_QUANTILES = (0.05, 0.1, 0.25, 0.5)
 
 
 def image_statistics(images: np.ndarray) -> dict[str, np.ndarray]:
@@ -58,12 +61,16 @@ def feature_table(classifier: OnnxClassifier, images: np.ndarray) -> pd.DataFram
 
 
 def baseline_summary(table: pd.DataFrame, classes: list[str]) -> dict[str, Any]:
-    """Small JSON-able summary of a feature table, for ``metrics/``."""
+    """Small JSON-able summary of a feature table, for ``metrics/``; ``imgpipe serve
+    --baseline`` exports its confidence and class mix for the alerts to compare against."""
     counts = table["predicted"].value_counts()
     return {
         "rows": len(table),
         "embedding_dims": sum(1 for c in table.columns if c.startswith("emb_")),
         "mean_confidence": round(float(table["confidence"].mean()), 6),
+        "confidence_quantiles": {
+            str(q): round(float(table["confidence"].quantile(q)), 6) for q in CONFIDENCE_QUANTILES
+        },
         "predicted_share": {c: round(float(counts.get(c, 0)) / len(table), 6) for c in classes},
         "statistics": {
             column: {

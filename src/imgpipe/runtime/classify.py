@@ -1,16 +1,18 @@
 """Classifying image files with the exported model, the one policy ``imgpipe predict`` and the
-service share: which formats are opened, how many pixels an image may declare, and how the
-answer is ranked."""
+service share: which formats are opened, how many pixels an image may declare, how the
+answer is ranked and, for a model with an operating point, what is decided."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from imgpipe.data.images import decode_image
-from imgpipe.runtime.onnx_model import OnnxClassifier
+from imgpipe.runtime.onnx_model import OnnxClassifier, OperatingPoint
 
 # Common photo and scan formats only: Pillow's EPS plugin, for one, would hand a file to
 # Ghostscript.
@@ -18,6 +20,8 @@ ACCEPTED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")
 # Per served image, read from the header before decoding (decompression bombs).
 SERVED_MAX_PIXELS = 25_000_000
 CLASSES_REPORTED = 3  # classes reported per image unless asked otherwise
+
+Decision = Literal["positive", "negative"]
 
 
 @dataclass(frozen=True)
@@ -48,3 +52,26 @@ def top_classes(probabilities: np.ndarray, classes: list[str], k: int) -> list[t
     """The ``k`` most probable classes of one image, most probable first (ties: class order)."""
     order = np.argsort(-probabilities, kind="stable")[:k]
     return [(classes[i], float(probabilities[i])) for i in order]
+
+
+def decide(
+    probabilities: np.ndarray, classes: Sequence[str], point: OperatingPoint
+) -> tuple[list[Decision], np.ndarray]:
+    """Each image's decision at ``point`` (positive when its probability of the positive class
+    is at least the threshold) and that probability, for ``N x K`` probabilities."""
+    positive = probabilities[:, list(classes).index(point.positive_class)].astype(np.float64)
+    decisions: list[Decision] = [
+        "positive" if probability >= point.threshold else "negative" for probability in positive
+    ]
+    return decisions, positive
+
+
+def decisions_per_image(
+    classifier: OnnxClassifier, probabilities: np.ndarray
+) -> list[tuple[float | None, Decision | None]]:
+    """``(positive probability, decision)`` per image at the classifier's operating point;
+    Nones when the model has none."""
+    if classifier.operating_point is None:
+        return [(None, None)] * len(probabilities)
+    decisions, positive = decide(probabilities, classifier.classes, classifier.operating_point)
+    return list(zip(positive.tolist(), decisions, strict=True))

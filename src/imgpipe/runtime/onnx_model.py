@@ -4,13 +4,15 @@ the classifier built on them.
 The contract (written by :mod:`imgpipe.export.onnx`): input ``images`` (``uint8``,
 ``N x C x H x W``), outputs ``logits`` and the penultimate-layer ``embedding``, and the
 model's metadata (classes, image size, channels, normalisation, ...) as JSON under the
-metadata key :data:`METADATA_KEY`. The service, ``imgpipe predict``, ``imgpipe drift`` and
-the drift-baseline stage need only this module, onnxruntime and numpy.
+metadata key :data:`METADATA_KEY`, an :class:`OperatingPoint` among it when the model has a
+positive class. The service, ``imgpipe predict``, ``imgpipe drift`` and the drift-baseline
+stage need only this module, onnxruntime and numpy.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +56,65 @@ def read_onnx_metadata(path: Path) -> dict[str, Any]:
     return session_metadata(open_session(path), path)
 
 
-class OnnxClassifier:
-    """The exported model in onnxruntime, with its embedded metadata."""
+@dataclass(frozen=True)
+class OperatingPoint:
+    """A screening rule chosen on the validation split: an image is positive when its
+    probability of ``positive_class`` is at least ``threshold``."""
 
-    def __init__(self, path: Path, threads: int = 0, spin: bool = True) -> None:
+    positive_class: str
+    threshold: float
+
+
+def read_operating_point(
+    meta: dict[str, Any], classes: list[str], path: Path
+) -> OperatingPoint | None:
+    """The metadata's ``operating_point``; None when the model has no positive class.
+
+    Raises:
+        ImgpipeError: a malformed entry (not an object, a class the model does not have, a
+            threshold that is not a probability), naming the file.
+    """
+    entry = meta.get("operating_point")
+    if entry is None:
+        return None
+    where = f"{path}: metadata 'operating_point'"
+    if not isinstance(entry, dict) or not {"positive_class", "threshold"} <= entry.keys():
+        raise ImgpipeError(f"{where}: expected {{positive_class, threshold, ...}}, got {entry!r}")
+    positive_class, threshold = entry["positive_class"], entry["threshold"]
+    if positive_class not in classes:
+        raise ImgpipeError(f"{where}: positive_class {positive_class!r} is not among {classes}")
+    return OperatingPoint(positive_class, _probability(threshold, f"{where}: threshold"))
+
+
+def with_threshold(point: OperatingPoint | None, threshold: float, path: Path) -> OperatingPoint:
+    """``point`` at another threshold (``--threshold``, the service's setting).
+
+    Raises:
+        ImgpipeError: the model has no operating point to move, or ``threshold`` is not a
+            probability.
+    """
+    if point is None:
+        raise ImgpipeError(
+            f"{path}: the model has no positive class (set evaluate.positive_class and rerun "
+            "dvc repro); --threshold needs one"
+        )
+    return OperatingPoint(point.positive_class, _probability(threshold, "--threshold"))
+
+
+def _probability(value: object, what: str) -> float:
+    """``value`` as a float in [0, 1] (JSON's true and false are no probabilities)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ImgpipeError(f"{what} {value!r}: expected a probability from 0 to 1")
+    return float(value)
+
+
+class OnnxClassifier:
+    """The exported model in onnxruntime, with its embedded metadata; ``threshold`` replaces
+    the operating point's threshold (an error when the model has none)."""
+
+    def __init__(
+        self, path: Path, threads: int = 0, spin: bool = True, threshold: float | None = None
+    ) -> None:
         self.session = open_session(path, threads, spin)
         self.meta = session_metadata(self.session, path)
         self.classes: list[str] = list(self.meta["classes"])
@@ -65,6 +122,10 @@ class OnnxClassifier:
         self.channels = int(self.meta["channels"])
         # The embedding's width is static in the graph (only the batch axis is dynamic).
         self.embedding_dims = int(self.session.get_outputs()[1].shape[-1])
+        point = read_operating_point(self.meta, self.classes, path)
+        self.operating_point = (
+            point if threshold is None else with_threshold(point, threshold, path)
+        )
 
     def run(self, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
         """Softmax probabilities and embeddings for ``N x H x W x C`` uint8 images."""

@@ -3,7 +3,8 @@ through the exported model, in batches, into a table (CSV or Parquet) or JSON li
 row per image or frame; a file that cannot be read is a row with its error, never a crash.
 Decoding follows the service's policy (:class:`~imgpipe.runtime.classify.DecodePolicy`) on a pool of
 threads (Pillow decodes without the GIL); video frames are prepared the way preprocess prepares
-them (:func:`~imgpipe.data.images.prepare_image`), one at a time."""
+them (:func:`~imgpipe.data.images.prepare_image`), one at a time. A model with an operating point
+also gets each image's probability of the positive class and its decision."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from imgpipe.data.layout import files_below
 from imgpipe.data.video import FrameRate, VideoDecodeError, is_video, iter_frames
 from imgpipe.errors import ImgpipeError
 from imgpipe.io import atomic_path
-from imgpipe.runtime.classify import DecodePolicy, top_classes
+from imgpipe.runtime.classify import Decision, DecodePolicy, decisions_per_image, top_classes
 from imgpipe.runtime.onnx_model import OnnxClassifier, embedding_column_names
 from imgpipe.runtime.tables import TABLE_FORMATS, TABLE_SUFFIXES
 
@@ -35,6 +36,9 @@ class Prediction:
     embedding: np.ndarray | None = None
     error: str | None = None
     frame: int | None = None  # a video's frame index (counting every decoded frame from 0)
+    # Both set only when the model has an operating point (and the image was classified).
+    positive_probability: float | None = None
+    decision: Decision | None = None
 
 
 def find_inputs(paths: Sequence[Path]) -> list[Path]:
@@ -73,6 +77,7 @@ def predict_files(
         ready = [item for item in pending if not isinstance(item, Prediction)]
         if ready:
             probabilities, vectors = classifier.run(np.stack([p for _, _, p in ready]), BATCH)
+            screened = decisions_per_image(classifier, probabilities)
         row = 0
         for item in pending:
             if isinstance(item, Prediction):
@@ -85,6 +90,7 @@ def predict_files(
                 vectors[row] if embeddings else None,
                 None,
                 frame,
+                *screened[row],
             )
             row += 1
         pending.clear()
@@ -142,20 +148,28 @@ def _video_frames(
         yield Prediction(str(path), [], None, f"cannot read: {error.strerror or error}")
 
 
-def columns(top_k: int, embedding_dims: int) -> list[str]:
-    """path, frame, error, class_1, probability_1, ..., and emb_* when embeddings are kept."""
+def columns(top_k: int, embedding_dims: int, decisions: bool = False) -> list[str]:
+    """path, frame, error, class_1, probability_1, ..., positive_probability and decision for
+    a model with an operating point, and emb_* when embeddings are kept."""
     names = ["path", "frame", "error"]
     for rank in range(1, top_k + 1):
         names += [f"class_{rank}", f"probability_{rank}"]
+    names += ["positive_probability", "decision"] if decisions else []
     return names + (embedding_column_names(embedding_dims) if embedding_dims else [])
 
 
-def to_row(prediction: Prediction, top_k: int, embedding_dims: int) -> dict[str, Any]:
-    row: dict[str, Any] = dict.fromkeys(columns(top_k, embedding_dims))
+def to_row(
+    prediction: Prediction, top_k: int, embedding_dims: int, decisions: bool = False
+) -> dict[str, Any]:
+    """One table row; the columns of :func:`columns`, empty where the image had an error."""
+    row: dict[str, Any] = dict.fromkeys(columns(top_k, embedding_dims, decisions))
     row["path"], row["error"] = prediction.path, prediction.error or ""
     row["frame"] = prediction.frame
     for rank, (name, probability) in enumerate(prediction.top[:top_k], 1):
         row[f"class_{rank}"], row[f"probability_{rank}"] = name, round(probability, 6)
+    if decisions and prediction.positive_probability is not None:
+        row["positive_probability"] = round(prediction.positive_probability, 6)
+        row["decision"] = prediction.decision
     if prediction.embedding is not None:
         names = embedding_column_names(embedding_dims)
         row |= dict(zip(names, prediction.embedding.tolist(), strict=True))
@@ -169,14 +183,15 @@ def write_predictions(
     top_k: int,
     embedding_dims: int,
     stream: IO[str],
+    decisions: bool = False,
 ) -> tuple[int, int]:
     """Write to ``output`` (.csv, .parquet or .jsonl, complete or not at all) or as JSON lines
-    on ``stream``; returns ``(rows, errors)``."""
+    on ``stream``, with the decision columns when ``decisions``; returns ``(rows, errors)``."""
     suffix = output.suffix.lower() if output is not None else ".jsonl"
     if suffix not in TABLE_SUFFIXES:
         raise ImgpipeError(f"--output {output}: expected a {', '.join(TABLE_SUFFIXES)} file")
-    names = columns(top_k, embedding_dims)
-    rows = [to_row(p, top_k, embedding_dims) for p in predictions]
+    names = columns(top_k, embedding_dims, decisions)
+    rows = [to_row(p, top_k, embedding_dims, decisions) for p in predictions]
     errors = sum(bool(row["error"]) for row in rows)
     if output is None:
         stream.writelines(json.dumps(row) + "\n" for row in rows)

@@ -1,7 +1,8 @@
 """The FastAPI app: ``POST /predict``, ``GET /health``, ``/metrics``, ``/`` and the schema.
 
 Everything the service knows about the model comes from ``model.onnx`` itself (classes, input
-size, channels; normalisation is inside the graph), and uploads are decoded by
+size, channels, the operating point its decisions follow; normalisation is inside the graph),
+and uploads are decoded by
 :class:`~imgpipe.runtime.classify.DecodePolicy`, the decoding preprocess used for the training data
 under the limits ``imgpipe predict`` applies too.
 
@@ -37,8 +38,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from imgpipe import __version__
 from imgpipe.data.images import ImageDecodeError, ImageTooLargeError, NotAnImageError
 from imgpipe.io import file_sha256
-from imgpipe.runtime.classify import CLASSES_REPORTED, DecodePolicy, top_classes
-from imgpipe.runtime.onnx_model import OnnxClassifier
+from imgpipe.runtime.classify import (
+    CLASSES_REPORTED,
+    Decision,
+    DecodePolicy,
+    decisions_per_image,
+    top_classes,
+)
+from imgpipe.runtime.onnx_model import OnnxClassifier, OperatingPoint
+from imgpipe.serving.baseline import load_baseline
 from imgpipe.serving.batching import MicroBatcher
 from imgpipe.serving.feature_log import FeatureLog
 from imgpipe.serving.guard import Refused, RequestGuard
@@ -54,13 +62,31 @@ class ClassProbability(BaseModel):
     probability: float = Field(ge=0, le=1)
 
 
+class ServedOperatingPoint(BaseModel):
+    """The decision rule: positive when the probability of ``positive_class`` is at least
+    ``threshold`` (the model's, chosen on the validation split, or ``imgpipe serve
+    --threshold``)."""
+
+    positive_class: str
+    threshold: float = Field(ge=0, le=1)
+
+
 class ImagePrediction(BaseModel):
     file: str = Field(description="the uploaded file's name")
     top: list[ClassProbability] = Field(description="most probable classes first")
+    decision: Decision | None = Field(
+        default=None, description="at the operating point; null when the model has none"
+    )
+    positive_probability: float | None = Field(
+        default=None, ge=0, le=1, description="probability of the positive class, or null"
+    )
 
 
 class PredictResponse(BaseModel):
     model_sha256: str
+    operating_point: ServedOperatingPoint | None = Field(
+        default=None, description="the rule behind each decision; null when the model has none"
+    )
     predictions: list[ImagePrediction]
 
 
@@ -73,6 +99,7 @@ class ModelIdentity(BaseModel):
     image_size: int
     channels: int
     checkpoint_sha256: str | None = None
+    operating_point: ServedOperatingPoint | None = None
 
 
 class Health(BaseModel):
@@ -127,9 +154,14 @@ def token_check(token: str | None) -> Callable[..., Awaitable[None]]:
 
 def create_app(config: ServeConfig) -> FastAPI:
     """The service for one model. Loading happens here, so a bad model fails at start-up."""
-    classifier = OnnxClassifier(config.model, threads=config.threads, spin=False)
+    classifier = OnnxClassifier(
+        config.model, threads=config.threads, spin=False, threshold=config.threshold
+    )
     identity = _model_identity(config, classifier)
     metrics = ServiceMetrics(classifier.classes)
+    metrics.describe_model(identity.sha256, identity.architecture, identity.commit)
+    if config.baseline is not None:
+        metrics.export_baseline(load_baseline(config.baseline, classifier.classes))
     app = FastAPI(
         title="imgpipe",
         version=__version__,
@@ -163,7 +195,14 @@ def _model_identity(config: ServeConfig, classifier: OnnxClassifier) -> ModelIde
         image_size=classifier.image_size,
         channels=classifier.channels,
         checkpoint_sha256=classifier.meta.get("checkpoint_sha256"),
+        operating_point=_served_point(classifier.operating_point),
     )
+
+
+def _served_point(point: OperatingPoint | None) -> ServedOperatingPoint | None:
+    if point is None:
+        return None
+    return ServedOperatingPoint(positive_class=point.positive_class, threshold=point.threshold)
 
 
 def _lifespan(
@@ -193,10 +232,11 @@ def _lifespan(
         )
         async with batcher:
             log.info(
-                "serving %s (%s, %d classes)",
+                "serving %s (%s, %d classes; drift baseline for the alerts: %s)",
                 config.model,
                 identity.sha256[:12],
                 len(identity.classes),
+                config.baseline or "none, pass --baseline",
             )
             try:
                 yield {"batcher": batcher, "feature_log": feature_log}
@@ -251,8 +291,9 @@ def _add_predict(
         ] = CLASSES_REPORTED,
     ) -> PredictResponse:
         """Classify the uploaded images: the ``top_k`` most probable classes of each (all
-        classes when ``top_k`` exceeds their number). The ``Server-Timing`` header says how
-        long the service took (``predict;dur=<ms>``)."""
+        classes when ``top_k`` exceeds their number) and, when the model has an operating
+        point, its decision. The ``Server-Timing`` header says how long the service took
+        (``predict;dur=<ms>``)."""
         started = time.perf_counter()
         if len(files) > config.max_images:
             raise Refused(
@@ -273,10 +314,8 @@ def _add_predict(
         )
         return PredictResponse(
             model_sha256=identity.sha256,
-            predictions=[
-                ImagePrediction(file=name, top=_top(row, classifier.classes, top_k))
-                for name, row in zip(names, probabilities, strict=True)
-            ],
+            operating_point=identity.operating_point,
+            predictions=_image_predictions(names, probabilities, classifier, top_k),
         )
 
 
@@ -297,7 +336,8 @@ def _add_status_pages(
         responses={200: {"content": {"text/plain": {}}}, **(UNAUTHORIZED if metrics_guard else {})},
     )
     async def prometheus_metrics() -> Response:
-        """Prometheus exposition: requests, latency, errors, predicted classes, confidence."""
+        """Prometheus exposition: requests, latency, errors, predicted classes, confidence,
+        the model's identity and the drift baseline's confidence and class mix."""
         return Response(prometheus_text(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -320,6 +360,24 @@ def _decode_all(
         except ImageDecodeError as error:
             raise Refused(422, "undecodable_image", f"{name}: {error}") from None
     return np.stack(decoded)
+
+
+def _image_predictions(
+    names: list[str], probabilities: np.ndarray, classifier: OnnxClassifier, top_k: int
+) -> list[ImagePrediction]:
+    """Each upload's top classes and, at the operating point, its decision."""
+    screened = decisions_per_image(classifier, probabilities)
+    return [
+        ImagePrediction(
+            file=name,
+            top=_top(row, classifier.classes, top_k),
+            decision=decision,
+            positive_probability=positive_probability,
+        )
+        for name, row, (positive_probability, decision) in zip(
+            names, probabilities, screened, strict=True
+        )
+    ]
 
 
 def _top(probabilities: np.ndarray, classes: list[str], k: int) -> list[ClassProbability]:

@@ -23,3 +23,5 @@ class ServeConfig:
     feature_log_backups: int = 10  # ... keeping this many old files
     token: str | None = field(default=None, repr=False)  # bearer token /predict requires
     token_for_metrics: bool = False  # /metrics requires it too (/health never does)
+    threshold: float | None = None  # replaces the operating point's threshold; None: the model's
+    baseline: Path | None = None  # drift-baseline summary exported for the alerts; None: none

@@ -91,9 +91,12 @@ def predict_split(
     batch_size: int,
     device: torch.device,
     views: Sequence[Callable[[torch.Tensor], torch.Tensor]] = (),
+    *,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
-    """Class probabilities for every image of ``split``, in order (float32, on the CPU);
-    with ``views`` (test-time augmentation), the mean of the probabilities of each view."""
+    """Class probabilities (softmax of the logits divided by ``temperature``) for every image
+    of ``split``, in order (float32, on the CPU); with ``views`` (test-time augmentation), the
+    mean of the probabilities of each view."""
     model.eval()
     outputs = []
     for start in range(0, len(split), batch_size):
@@ -101,10 +104,27 @@ def predict_split(
         images, _ = gather_batch(split, rows, device)
         with autocast(device):
             if views:
-                mean = sum(model(view(images)).float().softmax(1) for view in views) / len(views)
+                mean = sum(
+                    (model(view(images)).float() / temperature).softmax(1) for view in views
+                ) / len(views)
                 outputs.append(torch.as_tensor(mean).cpu())
             else:
-                outputs.append(model(images).float().softmax(1).cpu())
+                outputs.append((model(images).float() / temperature).softmax(1).cpu())
+    return torch.cat(outputs) if outputs else torch.empty(0, len(split.classes))
+
+
+@torch.no_grad()
+def predict_logits(
+    model: Classifier, split: SplitArrays, batch_size: int, device: torch.device
+) -> torch.Tensor:
+    """The logits of every image of ``split``, in order (float32, on the CPU)."""
+    model.eval()
+    outputs = []
+    for start in range(0, len(split), batch_size):
+        rows = np.arange(start, min(start + batch_size, len(split)))
+        images, _ = gather_batch(split, rows, device)
+        with autocast(device):
+            outputs.append(model(images).float().cpu())
     return torch.cat(outputs) if outputs else torch.empty(0, len(split.classes))
 
 
