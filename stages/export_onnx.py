@@ -10,7 +10,12 @@ import logging
 from pathlib import Path
 
 from imgpipe.data.splits import load_split
-from imgpipe.export.onnx import check_parity, export_onnx, operating_point_metadata
+from imgpipe.export.onnx import (
+    calibration_metadata,
+    check_parity,
+    export_onnx,
+    operating_point_metadata,
+)
 from imgpipe.export.quantize import export_int8
 from imgpipe.io import atomic_path, file_sha256, read_json, write_json
 from imgpipe.params import load_params
@@ -45,6 +50,7 @@ def main() -> None:
     provenance = {
         "checkpoint_sha256": file_sha256(args.model),
         "temperature": temperature,
+        "calibration": calibration_metadata(fitted),
         "operating_point": operating_point_metadata(fitted),
     }
     val = load_split(args.val)

@@ -147,3 +147,19 @@ def test_an_empty_class_folder_is_copied_and_named_in_the_report(tmp_path: Path)
     )
     report = data_report(classes, {"train": found[None]}, {"train": outcome})
     assert report["empty_classes"] == ["unlabelled_yet"]
+
+
+def test_a_split_made_by_groups_lists_each_images_group(image_folder: Path, tmp_path: Path) -> None:
+    """Evaluation scores and resamples whole patients/clips: it needs each row's group, and
+    only when the split was made by groups (a skipped file takes its group with it)."""
+    (image_folder / "left" / "empty.png").write_bytes(b"")
+    classes, found = list_samples(image_folder, group_pattern=r"^(\d\d)")
+    samples = found[None]
+    write_split(
+        image_folder, samples, classes, tmp_path / "g", image_size=8, channels=1, grouped=True
+    )
+    grouped = load_split(tmp_path / "g")
+    assert grouped.groups is not None and len(grouped.groups) == len(grouped) == 12
+    assert grouped.groups == [f.split("/")[1][:2] for f in grouped.files]  # '000.png' -> '00'
+    write_split(image_folder, samples, classes, tmp_path / "u", image_size=8, channels=1)
+    assert load_split(tmp_path / "u").groups is None

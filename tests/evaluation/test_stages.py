@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from imgpipe.data.split_writer import write_labels_and_meta
+from imgpipe.evaluation.bootstrap import confidence_intervals
 from imgpipe.training.model import Classifier, ModelMeta, save_checkpoint
 from tests.conftest import REPO_ROOT, make_split
 from tests.test_cli import run_stage_script
@@ -73,6 +74,13 @@ def test_the_threshold_is_chosen_on_validation_and_applied_to_test(stage_folder:
     assert evaluation["test_groups"] == evaluation["group_scored"] == 12
     assert "group_sensitivity_ci_low" in evaluation
     assert rows[0].split(",")[1] == "patient0"
+    # Image-level intervals resample whole patients, not images.
+    probabilities = np.array([[float(p) for p in row.split(",")[3:]] for row in rows])
+    patients = [row.split(",")[1] for row in rows]
+    by_patient = confidence_intervals(labels, probabilities, patients)
+    by_image = confidence_intervals(labels, probabilities)
+    assert by_patient["accuracy"] != by_image["accuracy"]
+    assert (evaluation["accuracy_ci_low"], evaluation["accuracy_ci_high"]) == by_patient["accuracy"]
 
 
 def test_an_unreachable_target_is_a_warning_and_a_note_not_a_traceback(

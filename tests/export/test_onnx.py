@@ -59,7 +59,10 @@ def test_onnx_classifier_matches_torch(
 
 # What calibrate would have written: a temperature and an operating point.
 FITTED = {
+    "method": "temperature",
     "temperature": 1.7,
+    "val_ece_uncalibrated": 0.09,
+    "val_ece": 0.01,
     "positive_class": "right",
     "threshold": 0.4,
     "target": "sensitivity",
@@ -219,6 +222,11 @@ def test_the_exported_graph_gives_the_calibrated_probabilities(stage_folder: Pat
     np.testing.assert_array_equal(probabilities.argmax(1), logits.argmax(1).numpy())
     meta = read_onnx_metadata(fp32)
     assert meta["temperature"] == 1.7
+    assert meta["calibration"] == {
+        "method": "temperature",
+        "val_ece_uncalibrated": 0.09,
+        "val_ece": 0.01,
+    }
     assert meta["operating_point"] == {
         "positive_class": "right",
         "threshold": 0.4,

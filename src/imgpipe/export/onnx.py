@@ -102,6 +102,22 @@ def _drop_stack_traces(proto: onnx.ModelProto) -> None:
             node.metadata_props.extend(kept)
 
 
+CALIBRATION_KEYS = (
+    "method",
+    "val_images",
+    "val_nll_uncalibrated",
+    "val_nll",
+    "val_ece_uncalibrated",
+    "val_ece",
+)
+
+
+def calibration_metadata(fitted: dict[str, Any]) -> dict[str, Any]:
+    """What temperature scaling did on the validation split, so the model file says how far
+    its probabilities can be trusted without the repository beside it."""
+    return {key: fitted[key] for key in CALIBRATION_KEYS if key in fitted}
+
+
 def operating_point_metadata(fitted: dict[str, Any]) -> dict[str, Any] | None:
     """What serve and predict need of calibrate's operating point (None: no threshold)."""
     if fitted.get("threshold") is None:
