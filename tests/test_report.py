@@ -327,6 +327,14 @@ def test_a_malformed_predictions_table_is_a_clear_error() -> None:
         parse_predictions("file,group,label,p:cat,p:dog\na.png,,cat,0.5\n")
 
 
+def test_a_malformed_calibration_file_is_named() -> None:
+    from imgpipe.report import _parsed
+
+    table = "file,group,label,p:cat,p:dog\na.png,,cat,0.5,0.5\n"
+    with pytest.raises(ImgpipeError, match=r"^HEAD:metrics/calibration.json: not JSON: "):
+        _parsed(table, "{oops", where="HEAD:metrics/eval/predictions.csv")
+
+
 def test_the_report_pairs_the_committed_predictions_with_the_workspaces(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -253,7 +253,13 @@ def prediction_tables(
 def _parsed(table: str | None, calibration: str | None, *, where: str) -> SplitPredictions | None:
     if table is None:
         return None
-    return parse_predictions(table, json.loads(calibration) if calibration else None, where=where)
+    try:
+        settings = json.loads(calibration) if calibration else None
+    except json.JSONDecodeError as error:
+        raise ImgpipeError(
+            f"{where.replace(PREDICTIONS, CALIBRATION)}: not JSON: {error}"
+        ) from None
+    return parse_predictions(table, settings, where=where)
 
 
 def compare_predictions(
