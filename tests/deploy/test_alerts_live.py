@@ -35,12 +35,12 @@ EXPECTED = {  # what the traffic below must raise: alert -> labels it must carry
     "ImgpipeRefusedInputs": {"reason": "not_an_image"},
     "ImgpipeConfidenceBelowBaseline": {},
     "ImgpipePredictedClassMixShift": {},
-    "ImgpipeModelChanged": {},  # a fresh Prometheus has not seen this model before
     "ImgpipeDriftDetected": {},
     "ImgpipeDriftJobStale": {},
 }
 QUIET = {  # what it must not
     "ImgpipeServerErrors",
+    "ImgpipeModelChanged",  # a first deployment, not a change
     "ImgpipeSlowPredictions",
     "ImgpipeFeatureLogDropping",
     "ImgpipeBaselineMissing",
