@@ -42,10 +42,9 @@ print(hashlib.sha256(b"".join(open(f, "rb").read() for f in sys.argv[1:])).hexdi
   echo "$want" >"$stamp"
 }
 
-# The upload-page test drives a headless Chromium. Debian's package is installed when this
-# user may (root, or password-less sudo); elsewhere that test is skipped, except in CI.
-ensure_chromium() {
-  command -v chromium >/dev/null || command -v chromium-browser >/dev/null && return
+# Debian packages some tests need, installed when this user may (root, or password-less sudo);
+# elsewhere those tests are skipped, except in CI. Usage: apt_install <package> <why>.
+apt_install() {
   local apt=()
   if [[ $(id -u) == 0 ]]; then
     apt=(apt-get)
@@ -53,32 +52,25 @@ ensure_chromium() {
     apt=(sudo apt-get)
   fi
   if command -v apt-get >/dev/null && [[ ${#apt[@]} -gt 0 ]]; then
-    echo "run.sh: installing Debian's chromium for the browser test" >&2
+    echo "run.sh: installing Debian's $1 for $2" >&2
     DEBIAN_FRONTEND=noninteractive "${apt[@]}" update -qq
-    DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y -qq --no-install-recommends chromium >/dev/null
+    DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y -qq --no-install-recommends "$1" >/dev/null
   else
-    echo "run.sh: no chromium and no way to install it; the browser test will be skipped" >&2
+    echo "run.sh: no $1 and no way to install it; $2 will be skipped" >&2
   fi
 }
 
+# The upload-page test drives a headless Chromium.
+ensure_chromium() {
+  command -v chromium >/dev/null || command -v chromium-browser >/dev/null && return
+  apt_install chromium "the browser test"
+}
+
 # The alerting rules are checked and unit-tested by promtool, and an end-to-end test runs a real
-# Prometheus: both come in Debian's prometheus package, installed like chromium above; without
-# it those tests are skipped, except in CI.
+# Prometheus: both come in Debian's prometheus package.
 ensure_promtool() {
   command -v promtool >/dev/null && command -v prometheus >/dev/null && return
-  local apt=()
-  if [[ $(id -u) == 0 ]]; then
-    apt=(apt-get)
-  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
-    apt=(sudo apt-get)
-  fi
-  if command -v apt-get >/dev/null && [[ ${#apt[@]} -gt 0 ]]; then
-    echo "run.sh: installing Debian's prometheus (promtool) for the alerting-rule tests" >&2
-    DEBIAN_FRONTEND=noninteractive "${apt[@]}" update -qq
-    DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y -qq --no-install-recommends prometheus >/dev/null
-  else
-    echo "run.sh: no promtool and no way to install it; the alerting-rule tests will be skipped" >&2
-  fi
+  apt_install prometheus "the alerting-rule tests"
 }
 
 task=${1:-repro}

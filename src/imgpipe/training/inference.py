@@ -5,7 +5,7 @@ evaluate scores with them)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -99,9 +99,7 @@ def predict_split(
     mean of the probabilities of each view."""
     model.eval()
     outputs = []
-    for start in range(0, len(split), batch_size):
-        rows = np.arange(start, min(start + batch_size, len(split)))
-        images, _ = gather_batch(split, rows, device)
+    for images in _batches(split, batch_size, device):
         with autocast(device):
             if views:
                 mean = sum(
@@ -120,12 +118,18 @@ def predict_logits(
     """The logits of every image of ``split``, in order (float32, on the CPU)."""
     model.eval()
     outputs = []
-    for start in range(0, len(split), batch_size):
-        rows = np.arange(start, min(start + batch_size, len(split)))
-        images, _ = gather_batch(split, rows, device)
+    for images in _batches(split, batch_size, device):
         with autocast(device):
             outputs.append(model(images).float().cpu())
     return torch.cat(outputs) if outputs else torch.empty(0, len(split.classes))
+
+
+def _batches(split: SplitArrays, batch_size: int, device: torch.device) -> Iterator[torch.Tensor]:
+    """The images of ``split`` in order, ``batch_size`` at a time, on ``device``."""
+    for start in range(0, len(split), batch_size):
+        rows = np.arange(start, min(start + batch_size, len(split)))
+        images, _ = gather_batch(split, rows, device)
+        yield images
 
 
 def loss_and_accuracy(probabilities: torch.Tensor, labels: np.ndarray) -> tuple[float, float]:
