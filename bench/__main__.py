@@ -8,6 +8,7 @@ measured in the same run (shared, noisy machines make absolute timings meaningle
     python -m bench predict          imgpipe predict vs onnxruntime alone
     python -m bench serve            imgpipe serve under load vs onnxruntime's batch rate
     python -m bench bootstrap        bootstrap intervals, all resamples at once vs a sklearn loop
+    python -m bench audit            the label audit on cached features vs its bare K-fold fits
 
 Run from the repository root in the project's environment (``./run.sh python -m bench ...``).
 Not part of the installed package: its load client and memory sampler are dev dependencies.
@@ -19,10 +20,10 @@ import argparse
 from collections.abc import Sequence
 from functools import partial
 
-from bench import bootstrap, finetune, near_duplicates, predict, preprocess, serve, train
+from bench import audit, bootstrap, finetune, near_duplicates, predict, preprocess, serve, train
 from imgpipe.stage import run_stage
 
-BENCHMARKS = (preprocess, near_duplicates, train, finetune, predict, serve, bootstrap)
+BENCHMARKS = (preprocess, near_duplicates, train, finetune, predict, serve, bootstrap, audit)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,7 +1,8 @@
 """Stage train: fit the timm model named by ``model`` on the train split, keep the epoch with
 the best validation accuracy, and log per-epoch curves with dvclive. The state after each epoch
 is kept at --state, so a killed run, started again, continues where it was. With
-``processes`` > 1 the stage reruns itself under torchrun: DDP over that many processes."""
+``processes`` > 1 the stage reruns itself under torchrun: DDP over that many processes. The
+training images the audit listed for exclusion (audit.exclude; --exclude) are left out."""
 
 import argparse
 import logging
@@ -10,6 +11,7 @@ import sys
 from contextlib import nullcontext
 from pathlib import Path
 
+from imgpipe.audit.exclusions import drop_files, read_exclusions
 from imgpipe.data.splits import SplitArrays, load_split
 from imgpipe.params import load_params
 from imgpipe.stage import run_stage
@@ -38,6 +40,12 @@ def main() -> None:
         required=True,
         help="cache folder of frozen features (finetune: head), reused across runs",
     )
+    parser.add_argument(
+        "--exclude",
+        type=Path,
+        required=True,
+        help="the audit's list of training images to leave out (empty unless audit.exclude)",
+    )
     args = parser.parse_args()
 
     config = load_params().training()
@@ -47,7 +55,13 @@ def main() -> None:
     processes = start_processes(config.device)
     if processes.rank != 0:  # rank 0 reports; the others only train
         logging.getLogger().setLevel(logging.WARNING)
-    train, val = load_split(args.data / "train"), load_split(args.data / "val")
+    excluded = read_exclusions(args.exclude)
+    train = drop_files(load_split(args.data / "train"), excluded)
+    val = load_split(args.data / "val")
+    if excluded:
+        logging.getLogger("imgpipe.stages.train").info(
+            "left out %d training images the audit suspects of a wrong label", len(excluded)
+        )
     try:
         train_and_save(
             config,
@@ -58,6 +72,7 @@ def main() -> None:
             checkpoint=args.model,
             state=args.state,
             features=args.features,
+            excluded=len(excluded),
         )
     finally:
         stop_processes(processes)
@@ -75,9 +90,11 @@ def train_and_save(
     checkpoint: Path,
     state: Path,
     features: Path,
+    excluded: int = 0,
 ) -> None:
     """Train (resuming from ``state`` when it holds this run's progress), logging the curves to
-    the dvclive folder ``live``; rank 0 then writes the best epoch's model to ``checkpoint``."""
+    the dvclive folder ``live``; rank 0 then writes the best epoch's model to ``checkpoint``.
+    ``excluded``: how many training images the audit had left out (kept in the summary)."""
     with open_live(live) if processes.rank == 0 else nullcontext() as logger:
         result = train_classifier(
             train,
@@ -92,6 +109,7 @@ def train_and_save(
             return
         logger.summary["best"] = result.best
         logger.summary["processes"] = result.processes  # torchrun world size that trained it
+        logger.summary["audit_excluded"] = excluded  # training images audit.exclude dropped
         meta = ModelMeta(
             architecture=config.model,
             classes=train.classes,

@@ -46,6 +46,10 @@ RULES: dict[str, tuple[tuple[str, ...], bool]] = {
     ),
     "imgpipe.training": (("imgpipe.data.splits",), True),
     "imgpipe.evaluation": (("imgpipe.data.splits", "imgpipe.training"), True),
+    "imgpipe.audit": (
+        ("imgpipe.data.splits", "imgpipe.evaluation.pictures", "imgpipe.training"),
+        True,
+    ),
     "imgpipe.export": (
         (
             "imgpipe.data.splits",

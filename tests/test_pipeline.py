@@ -21,6 +21,7 @@ pytestmark = pytest.mark.slow
 ALL_STAGES = {
     "download",
     "preprocess",
+    "audit",
     "train",
     "calibrate",
     "evaluate",
@@ -109,9 +110,18 @@ def set_params(repo: Path, **changes: object) -> None:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A clone with the default pipeline shrunk to seconds (2 epochs) and reproduced once."""
+    """A clone with the default pipeline shrunk to seconds (2 epochs; the audit 2 folds of
+    1 epoch) and reproduced once."""
     repo = clone_working_tree(tmp_path_factory.mktemp("clone"))
     set_params(repo, epochs=2)
+    text = (repo / "params.yaml").read_text()
+    for pattern, shrunk in (
+        (r"(?m)^  folds: \d+", "  folds: 2"),
+        (r"(?m)^  epochs: \d+", "  epochs: 1"),
+    ):
+        text, count = re.subn(pattern, shrunk, text)
+        assert count == 1, pattern
+    (repo / "params.yaml").write_text(text)
     commit_all(repo, "shrunk pipeline")
     first = dvc(repo, "repro")
     assert stages_run(first.stdout) == ALL_STAGES

@@ -20,6 +20,7 @@ from imgpipe.report import (
     SplitPredictions,
     compare_predictions,
     markdown,
+    parse_audit,
     parse_predictions,
 )
 
@@ -53,6 +54,7 @@ def write_state(
     *,
     int8: str = "written",
     predictions: str | None = None,
+    audit: str | None = None,
 ) -> None:
     metrics = {
         "accuracy": accuracy,
@@ -82,19 +84,89 @@ def write_state(
         (repo / "metrics/eval/predictions.csv").write_text(predictions)
         calibration = {"temperature": 1.3, "positive_class": "dog", "threshold": 0.4}
         (repo / "metrics/calibration.json").write_text(json.dumps(calibration))
+    if audit is not None:
+        (repo / "metrics/audit").mkdir(exist_ok=True)
+        (repo / "metrics/audit.json").write_text(audit)
+        top = json.loads(audit)["top"]
+        (repo / "metrics/audit/suspects.csv").write_text(
+            "file,split,given,suggested,issue,score\n"
+            + "".join(
+                f"{t['file']},{t['split']},{t['given']},{t['suggested']},"
+                f"{t['issue']},{t['score']}\n"
+                for t in top
+            )
+        )
+        Image.new("RGB", (8, 8), (0, int(accuracy * 255), 0)).save(repo / SUSPECTS_PNG)
+
+
+SUSPECTS_PNG = "metrics/audit/suspects.png"
+
+
+def audit_json(
+    suspects: dict[str, tuple[int, int]],
+    *,
+    method: str = "network",
+    exclude: bool = False,
+    images: dict[str, int] | None = None,
+) -> str:
+    """A metrics/audit.json as the audit stage writes it, with ``suspects`` (label errors,
+    outliers) per split."""
+    images = images or {"train": 3500, "val": 500, "test": 1000}
+    top = [
+        {
+            "file": f"1/{i:05d}.png",
+            "split": "train",
+            "given": "1",
+            "suggested": "2",
+            "issue": "label",
+            "score": 0.99,
+        }
+        for i in range(suspects["train"][0])
+    ]
+    return json.dumps(
+        {
+            "method": method,
+            "folds": 5,
+            "epochs": 5 if method == "network" else None,
+            "seed": 0,
+            "exclude": exclude,
+            "images": images,
+            "label_issues": sum(label for label, _ in suspects.values()),
+            "outliers": sum(outlier for _, outlier in suspects.values()),
+            "suspects": {
+                name: {"label": label, "outlier": outlier}
+                for name, (label, outlier) in suspects.items()
+            },
+            "per_class": {},
+            "out_of_sample_accuracy": {name: 0.97 for name in suspects},
+            "excluded_from_training": suspects["train"][0] if exclude else 0,
+            "top": top,
+        }
+    )
 
 
 def make_repo(
-    root: Path, base_predictions: str | None = None, head_predictions: str | None = None
+    root: Path,
+    base_predictions: str | None = None,
+    head_predictions: str | None = None,
+    *,
+    base_audit: str | None = None,
+    head_audit: str | None = None,
 ) -> Path:
-    """A git+DVC repo whose commit is the base and whose workspace is this change."""
+    """A git+DVC repo whose commit is the base and whose workspace is this change; with an
+    audit on either side, its suspect sheet is a plot as in the real dvc.yaml."""
     git(root, "init", "-q")
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, check=True)
-    (root / "dvc.yaml").write_text(DVC_YAML)
-    write_state(root, accuracy=0.90, f1=0.80, lr=0.003, predictions=base_predictions)
+    audited = base_audit is not None or head_audit is not None
+    (root / "dvc.yaml").write_text(DVC_YAML + (f"  - {SUSPECTS_PNG}\n" if audited else ""))
+    write_state(
+        root, accuracy=0.90, f1=0.80, lr=0.003, predictions=base_predictions, audit=base_audit
+    )
     git(root, "add", "-A")
     git(root, "commit", "-q", "-m", "base")
-    write_state(root, accuracy=0.95, f1=0.70, lr=0.0001, predictions=head_predictions)
+    write_state(
+        root, accuracy=0.95, f1=0.70, lr=0.0001, predictions=head_predictions, audit=head_audit
+    )
     return root
 
 
@@ -351,3 +423,85 @@ def test_the_report_pairs_the_committed_predictions_with_the_workspaces(
     rows = headline_rows(text)
     assert rows["accuracy"][:3] == ["accuracy", "0.9", "0.95"]
     assert rows["accuracy"][3].startswith("+0.050 [+0.0") and rows["accuracy"][4] == "better"
+
+
+def test_the_label_audit_is_counted_under_the_headline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = audit_json({"train": (6, 3), "val": (0, 0), "test": (1, 1)})
+    head = audit_json({"train": (8, 3), "val": (0, 1), "test": (1, 1)}, exclude=True)
+    make_repo(tmp_path, base_audit=base, head_audit=head)
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", "--base", "HEAD", "--out", "out"]) == 0
+    text = (tmp_path / "out" / "report.md").read_text()
+    lines = text.splitlines()
+    start = lines.index("| split | images | suspected label errors | outliers |")
+    assert lines[start + 2 : start + 6] == [
+        "| train | 3500 | 8 (+2) | 3 (0) |",
+        "| val | 500 | 0 (0) | 1 (+1) |",
+        "| test | 1000 | 1 (0) | 1 (0) |",
+        "| all | 5000 | 9 (+2) | 5 (+1) |",
+    ]
+    assert text.index("| ece") < text.index("### Label audit") < text.index("### Params")
+    assert (
+        "Method: 5-fold out-of-sample probabilities from the configured network trained 5 "
+        "epochs per fold." in lines
+    )
+    assert "`audit.exclude` is on: 8 training images suspected of a wrong label" in text
+    assert "`metrics/audit/suspects.csv`" in text
+    assert "00000.png" not in text and "No audit on base" not in text  # counts, no names
+    # The suspect sheet is the user's images: named as withheld, not copied.
+    [withheld] = [line for line in lines if "not included (privacy)" in line]
+    assert f"![{SUSPECTS_PNG}" not in text and SUSPECTS_PNG in withheld
+    assert sorted(p.name for p in (tmp_path / "out" / "plots").iterdir()) == ["curve-tsv.png"]
+    assert main(["report", "--base", "HEAD", "--out", "shared", "--data-images"]) == 0
+    assert (tmp_path / "shared" / "report.md").read_text().count(f"![{SUSPECTS_PNG} (") == 2
+
+
+def test_an_audit_new_in_this_change_says_the_base_had_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    head = audit_json({"train": (8, 3), "val": (0, 1), "test": (1, 1)}, method="features")
+    make_repo(tmp_path, head_audit=head)
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", "--base", "HEAD", "--out", "out"]) == 0
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "| train | 3500 | 8 | 3 |" in text and "| all | 5000 | 9 | 5 |" in text
+    assert "No audit on base: counts without deltas." in text
+    assert "a logistic regression on the frozen pretrained features." in text
+    assert "audit.exclude" not in text
+    assert f"![{SUSPECTS_PNG}" not in text and "suspects-" not in text
+
+
+def test_the_audit_section_follows_the_head(tmp_path: Path) -> None:
+    network = parse_audit(audit_json({"train": (8, 3), "test": (1, 1)}))
+    features = parse_audit(audit_json({"train": (2, 3), "test": (1, 1)}, method="features"))
+    gone = markdown("main", HEADLINE_CHANGES, [], [], relative_to=tmp_path, audit=(network, None))
+    assert "Label audit" not in gone  # an older revision, or the stage not run
+    text = markdown(
+        "main", HEADLINE_CHANGES, [], [], relative_to=tmp_path, audit=(network, features)
+    )
+    assert "| train | 3500 | 2 (-6) | 3 (0) |" in text
+    assert "The base's audit used 5-fold out-of-sample probabilities from the configured" in text
+
+
+def test_a_malformed_audit_is_named_in_one_line(
+    repo: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (repo / "metrics/audit.json").write_text("{oops")
+    assert main(["report", "--base", "HEAD", "--out", "out"]) == 2
+    [error] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert error.startswith("metrics/audit.json: not JSON: ") and "\n" not in error
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "malformed")
+    (repo / "metrics/audit.json").write_text(audit_json({"train": (1, 0)}))
+    caplog.clear()
+    assert main(["report", "--base", "HEAD", "--out", "out"]) == 2
+    [error] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert error.startswith("HEAD:metrics/audit.json: not JSON: ")
+    wrong = json.loads(audit_json({"train": (1, 0)}))
+    wrong["suspects"]["train"]["label"] = "x"
+    with pytest.raises(ImgpipeError, match=r"^metrics/audit.json: suspects.train.label is not a"):
+        parse_audit(json.dumps(wrong))
+    with pytest.raises(ImgpipeError, match=r"^metrics/audit.json: not a JSON object$"):
+        parse_audit("[]")

@@ -375,9 +375,9 @@ def _add_report(commands: _Commands) -> None:
     sub.add_argument(
         "--data-images",
         action="store_true",
-        help="also include image plots made of test data (misclassified and "
-        "Grad-CAM grids); left out by default, since PR comments may publish "
-        "images to a public host",
+        help="also include image plots made of your data (the misclassified and "
+        "Grad-CAM grids, the audit's suspects); left out by default, since PR comments "
+        "may publish images to a public host",
     )
     sub.set_defaults(handler=report)
 

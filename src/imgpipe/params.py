@@ -109,6 +109,15 @@ class DriftBaselineParams(FrozenSettings):
     seed: int = Field(ge=0)
 
 
+class AuditParams(FrozenSettings):
+    folds: int = Field(ge=2, le=20)
+    epochs: int = Field(ge=1, le=100)
+    lr: float = Field(gt=0, lt=10)
+    batch_size: int = Field(ge=1)
+    seed: int = Field(ge=0)
+    exclude: bool
+
+
 class Params(TrainConfig):
     """Everything in ``params.yaml``: the training settings at the top level (so that
     ``dvc exp run -S lr=1e-4`` works verbatim) and a section per other stage."""
@@ -118,6 +127,44 @@ class Params(TrainConfig):
     evaluate: EvaluateParams
     export: ExportParams
     drift_baseline: DriftBaselineParams
+    audit: AuditParams
+
+    def audit_training(self) -> TrainConfig:
+        """What the audit trains on each fold without pretrained weights: the configured
+        network, briefly, with the audit's own epochs, lr, batch size and seed (so an
+        experiment on training's keys does not rerun the audit), AdamW with a cosine schedule,
+        and no augmentation, label smoothing or weight average (a short run gains nothing from
+        them; measured in docs/audit.md)."""
+        return self.training().replace(
+            epochs=self.audit.epochs,
+            lr=self.audit.lr,
+            batch_size=self.audit.batch_size,
+            weight_decay=0.05,
+            optimizer="adamw",
+            schedule="cosine",
+            grad_clip=0.0,
+            seed=self.audit.seed,
+            warmup_epochs=0,
+            label_smoothing=0.0,
+            ema_decay=0.0,
+            early_stopping=0,
+            class_balance="none",
+            compile=False,
+            processes=1,
+            augment={
+                name: False if name == "hflip" else "none" if name == "policy" else 0
+                for name in type(self.augment).model_fields
+            },
+            mixup=0.0,
+            cutmix=0.0,
+            finetune="full",
+            feature_views=1,
+            freeze="none",
+            freeze_epochs=0,
+            layer_decay=0.0,
+            drop_path=0.0,
+            accumulate=1,
+        )
 
 
 def load_params(path: Path = DEFAULT_PARAMS_PATH) -> Params:

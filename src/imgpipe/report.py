@@ -3,8 +3,8 @@
 ``imgpipe report`` turns ``dvc metrics diff``, ``dvc params diff`` and ``dvc plots diff`` against
 a base revision into markdown with the plots rendered to PNG (vl-convert), ready for a PR
 comment. Headline changes are judged against noise: both revisions' test predictions are paired
-image by image and the difference gets a bootstrap interval. ``imgpipe check-metrics`` fails
-when reproduced metrics drift from a revision's.
+image by image and the difference gets a bootstrap interval; the label audit's counts follow.
+``imgpipe check-metrics`` fails when reproduced metrics drift from a revision's.
 """
 
 from __future__ import annotations
@@ -85,9 +85,10 @@ def render_plots(
     repo: Path, base: str, out: Path, *, data_images: bool = False
 ) -> tuple[list[tuple[str, Path]], list[str]]:
     """Every DVC plot, base revision against the workspace, as a PNG in ``out``: Vega plots
-    (curves, matrices: aggregates) rendered; image plots (the misclassified and Grad-CAM grids,
-    made of test images) copied once per revision only with ``data_images``. Returns the
-    rendered plots and the names of the image plots left out."""
+    (curves, matrices: aggregates) rendered; image plots (the misclassified and Grad-CAM grids
+    and the audit's suspect sheet, all made of the user's images) copied once per revision only
+    with ``data_images``: judged by DVC's plot type, not by name, so a new picture plot is held
+    back too. Returns the rendered plots and the names of the image plots left out."""
     import vl_convert
 
     out.mkdir(parents=True, exist_ok=True)
@@ -132,6 +133,8 @@ PER_CLASS = "metrics/eval/per_class.csv"
 PREDICTIONS = "metrics/eval/predictions.csv"
 CALIBRATION = "metrics/calibration.json"
 DRIFT_SUMMARY = "metrics/drift_baseline.json"
+AUDIT = "metrics/audit.json"
+AUDIT_SUSPECTS = "metrics/audit/suspects.csv"
 
 
 def _cell(value: Any) -> str:
@@ -320,6 +323,76 @@ def _operating_point(side: SplitPredictions, classes: list[str]) -> OperatingPoi
     return OperatingPoint(classes.index(side.positive_class), side.threshold)
 
 
+@dataclass(frozen=True)
+class AuditCounts:
+    """One revision's label audit (``metrics/audit.json``), reduced to what the report shows:
+    counts and the method, never file names (a PR comment may be public)."""
+
+    method: str
+    folds: int
+    epochs: int | None  # None for the features method
+    images: dict[str, int]  # per split
+    suspects: dict[str, tuple[int, int]]  # per split: (label errors, outliers)
+    label_issues: int
+    outliers: int
+    exclude: bool
+    excluded: int
+
+
+def parse_audit(text: str, *, where: str = AUDIT) -> AuditCounts:
+    """An audit.json's counts; a malformed one is an error naming ``where``."""
+    try:
+        summary = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ImgpipeError(f"{where}: not JSON: {error}") from None
+    if not isinstance(summary, dict):
+        raise ImgpipeError(f"{where}: not a JSON object")
+    suspects = summary.get("suspects")
+    if not isinstance(suspects, dict) or not all(isinstance(k, dict) for k in suspects.values()):
+        raise ImgpipeError(f"{where}: suspects is not an object of splits")
+    method = summary.get("method")
+    if not isinstance(method, str):
+        raise ImgpipeError(f"{where}: method is not a string")
+    images = summary.get("images", {})
+    if not isinstance(images, dict):
+        raise ImgpipeError(f"{where}: images is not an object of splits")
+    epochs = summary.get("epochs")
+    return AuditCounts(
+        method=method,
+        folds=_count(summary.get("folds"), where, "folds"),
+        epochs=None if epochs is None else _count(epochs, where, "epochs"),
+        images={name: _count(n, where, f"images.{name}") for name, n in images.items()},
+        suspects={
+            name: (
+                _count(kinds.get("label"), where, f"suspects.{name}.label"),
+                _count(kinds.get("outlier"), where, f"suspects.{name}.outlier"),
+            )
+            for name, kinds in suspects.items()
+        },
+        label_issues=_count(summary.get("label_issues"), where, "label_issues"),
+        outliers=_count(summary.get("outliers"), where, "outliers"),
+        exclude=summary.get("exclude") is True,
+        excluded=_count(summary.get("excluded_from_training", 0), where, "excluded_from_training"),
+    )
+
+
+def _count(value: Any, where: str, key: str) -> int:
+    """``value`` as a count (bool is an int to Python, not a count here)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ImgpipeError(f"{where}: {key} is not a count: {value!r}")
+    return value
+
+
+def audit_tables(repo: Path, base: str) -> tuple[AuditCounts | None, AuditCounts | None]:
+    """Both revisions' audits (None for a revision without audit.json: older, or the stage
+    not run): the base's from git, this change's from the workspace."""
+    committed, current = _committed_text(repo, base, AUDIT), _workspace_text(repo, AUDIT)
+    return (
+        None if committed is None else parse_audit(committed, where=f"{base}:{AUDIT}"),
+        None if current is None else parse_audit(current),
+    )
+
+
 def markdown(
     base: str,
     metrics: list[Change],
@@ -330,14 +403,16 @@ def markdown(
     per_class: tuple[list[dict[str, str]], list[dict[str, str]]] = ([], []),
     predictions: tuple[SplitPredictions | None, SplitPredictions | None] = (None, None),
     withheld: Sequence[str] = (),
+    audit: tuple[AuditCounts | None, AuditCounts | None] = (None, None),
 ) -> str:
     """The PR comment, what moved first: the headline metrics with deltas judged against
-    noise (paired over ``predictions``, base's and this change's), the changed params, then
-    (collapsed) every other metric that moved, the per-class scores and the drift-baseline
-    shares, and the plots."""
+    noise (paired over ``predictions``, base's and this change's), the label audit's counts
+    (``audit``, base's and this change's), the changed params, then (collapsed) every other
+    metric that moved, the per-class scores and the drift-baseline shares, and the plots."""
     lines = [f"## imgpipe: this change against `{base}`", ""]
     lines += _headline(metrics, *compare_predictions(*predictions))
     lines += _int8_refusal(metrics)
+    lines += _audit(*audit)
     lines += ["", "### Params", ""]
     if params:
         lines += _table(
@@ -430,6 +505,52 @@ def _with_interval(change: Change, intervals: dict[tuple[str, str], Change], sid
     return f"{_cell(value)} [{low:.4g}, {high:.4g}]"
 
 
+def _audit(base: AuditCounts | None, head: AuditCounts | None) -> list[str]:
+    """The label audit's counts per split, each with its change from the base, the method
+    behind them and what audit.exclude dropped; nothing when this change has no audit. Counts
+    only: the suspects' names stay in suspects.csv, their pictures in the withheld sheet."""
+    if head is None:
+        return []
+    before = {} if base is None else {**base.suspects, "all": (base.label_issues, base.outliers)}
+    counts = {**head.suspects, "all": (head.label_issues, head.outliers)}
+    images = {**head.images, "all": sum(head.images.values())} if head.images else {}
+    rows = [
+        [name, _cell(images.get(name)), *_count_cells(now, before.get(name))]
+        for name, now in counts.items()
+    ]
+    lines = ["", "### Label audit", ""]
+    lines += _table(["split", "images", "suspected label errors", "outliers"], rows)
+    lines += ["", f"Method: {_audit_method(head)}."]
+    if base is None:
+        lines.append("No audit on base: counts without deltas.")
+    elif base.method != head.method or base.folds != head.folds or base.epochs != head.epochs:
+        lines.append(f"The base's audit used {_audit_method(base)}: not like for like.")
+    if head.exclude:
+        lines.append(
+            f"`audit.exclude` is on: {head.excluded} training images suspected of a wrong label "
+            "were left out of training."
+        )
+    lines.append(f"Every suspect, most suspicious first: `{AUDIT_SUSPECTS}`.")
+    return lines
+
+
+def _count_cells(now: tuple[int, int], before: tuple[int, int] | None) -> list[str]:
+    """``8 (+2)``: each count and its change from the base (just the count without one)."""
+    if before is None:
+        return [str(n) for n in now]
+    return [f"{n} ({n - b:+d})" if n != b else f"{n} (0)" for n, b in zip(now, before, strict=True)]
+
+
+def _audit_method(audit: AuditCounts) -> str:
+    """What produced the audit's verdicts, in words."""
+    scored = f"{audit.folds}-fold out-of-sample probabilities from"
+    if audit.method == "network":
+        return f"{scored} the configured network trained {audit.epochs} epochs per fold"
+    if audit.method == "features":
+        return f"{scored} a logistic regression on the frozen pretrained features"
+    return f"{scored} the {audit.method!r} method"
+
+
 def _per_class(old_rows: list[dict[str, str]], new_rows: list[dict[str, str]]) -> list[str]:
     """The per-class scores (collapsed), F1 beside the base's."""
     if not new_rows:
@@ -461,7 +582,7 @@ def _plots(plots: list[tuple[str, Path]], relative_to: Path, withheld: Sequence[
     if withheld:
         lines += [
             "",
-            f"Image plots of test data not included (privacy): {', '.join(withheld)}. "
+            f"Image plots of your data not included (privacy): {', '.join(withheld)}. "
             "`dvc plots diff` shows them locally; `--data-images` puts them in the report.",
         ]
     return lines
@@ -488,9 +609,11 @@ def _number(value: str | None) -> float | None:
 def write_report(repo: Path, base: str, out: Path, *, data_images: bool = False) -> Path:
     """Write ``out/report.md`` and ``out/plots/*.png``; return the markdown file's path.
 
-    Data-derived images (the misclassified and Grad-CAM grids) are left out unless
-    ``data_images``: a report posted to a pull request may be uploaded to a public host.
+    Data-derived images (the misclassified and Grad-CAM grids, the audit's suspect sheet) are
+    left out unless ``data_images``: a report posted to a pull request may be uploaded to a
+    public host. The audits are read first: a malformed one stops the report before any plot.
     """
+    audit = audit_tables(repo, base)
     plots, withheld = render_plots(repo, base, out / "plots", data_images=data_images)
     text = markdown(
         base,
@@ -501,6 +624,7 @@ def write_report(repo: Path, base: str, out: Path, *, data_images: bool = False)
         per_class=per_class_rows(repo, base),
         predictions=prediction_tables(repo, base),
         withheld=withheld,
+        audit=audit,
     )
     target = out / "report.md"
     with atomic_path(target) as temporary:

@@ -31,7 +31,7 @@ def misclassified_grid(
         pixels = images[i]
         picture = Image.fromarray(pixels[:, :, 0] if pixels.shape[-1] == 1 else pixels)
         pictures.append(picture.convert("RGB"))
-    return _sheet(
+    return contact_sheet(
         pictures,
         _captions(labels, probabilities, classes, limit),
         tile,
@@ -68,7 +68,7 @@ def gradcam_grid(
     layer = _last_spatial_layer(model, images[:1])
     if not len(wrong) or layer is None:
         empty = "no misclassified images" if layer else "no spatial layer for Grad-CAM here"
-        return _sheet([], [], tile, empty, Image.Resampling.BILINEAR)
+        return contact_sheet([], [], tile, empty, Image.Resampling.BILINEAR)
     predicted = probabilities.argmax(1)
     batch = torch.from_numpy(np.ascontiguousarray(images[wrong])).permute(0, 3, 1, 2).float()
     with GradCAM(model=model.eval(), target_layers=[layer]) as cam:
@@ -82,7 +82,7 @@ def gradcam_grid(
         pictures.append(
             Image.fromarray(show_cam_on_image(rgb, heat, use_rgb=True, image_weight=0.6))
         )
-    return _sheet(
+    return contact_sheet(
         pictures,
         _captions(labels, probabilities, classes, limit),
         tile,
@@ -109,7 +109,9 @@ def _captions(
     ]
 
 
-def _sheet(pictures: list[Any], captions: list[str], tile: int, empty: str, resample: Any) -> Any:
+def contact_sheet(
+    pictures: list[Any], captions: list[str], tile: int, empty: str, resample: Any
+) -> Any:
     """Six tiles a row, each picture resized to the tile with its caption below."""
     from PIL import Image, ImageDraw
 
