@@ -1,14 +1,17 @@
 """The int8 gate as a library function: off, written, or refused (with the folder left empty),
 and the calibration draw it rests on."""
 
+import copy
 import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from imgpipe.export.quantize import calibration_rows, export_int8
+from imgpipe.export.quantize import calibration_rows, export_int8, quantize_int8
 from imgpipe.runtime.onnx_model import read_onnx_metadata
+from imgpipe.training.model import Classifier, ModelMeta
 from tests.conftest import make_split
 
 
@@ -63,3 +66,28 @@ def test_the_gate_writes_a_good_int8_model_and_refuses_one_past_the_limit(
     assert list(folder.iterdir()) == []  # the written model is gone too: the folder is replaced
     [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert warning.startswith(f"{folder / 'model.onnx'}: int8 accuracy")
+
+
+def test_onnxruntime_s_quantiser_logs_one_summary_line(
+    tiny_model: tuple[Classifier, ModelMeta], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its per-tensor INFO lines (through the root logger; 87 for EfficientNet-Lite0) stay
+    out of the user's log. A convolution whose folded weights are tiny next to its bias makes
+    it log them ("Increased scale ... to ensure bias input ..."), as real networks do."""
+    from imgpipe.export.onnx import export_onnx
+
+    model, meta = copy.deepcopy(tiny_model[0]), tiny_model[1]
+    with torch.no_grad():
+        model.net.bn1.weight.mul_(1e-6)
+        model.net.bn1.bias.fill_(1.0)
+    fp32 = tmp_path / "model.onnx"
+    export_onnx(model, meta, fp32, opset=18, provenance={})
+    with caplog.at_level(logging.DEBUG):
+        quantize_int8(fp32, tmp_path / "int8.onnx", make_split(8, seed=3).images)
+    assert [r for r in caplog.records if "onnxruntime" in r.pathname] == []
+    [summary] = [r.getMessage() for r in caplog.records if r.name == "imgpipe.export.quantize"]
+    assert summary.startswith("int8: quantised on 16 calibration images (")
+    assert int(summary.split("(")[1].split()[0]) > 0  # lines were there, and were left out
+    root = logging.getLogger()
+    for holder in (root, *root.handlers):  # the filter is gone again
+        assert not [f for f in holder.filters if type(f).__name__ == "_Hidden"]

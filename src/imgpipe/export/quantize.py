@@ -10,10 +10,13 @@ already calibrated) both close to fp32's.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,7 +136,10 @@ def quantize_int8(fp32: Path, destination: Path, calibration: np.ndarray) -> Non
                 return None
             return {INPUT_NAME: np.ascontiguousarray(batch.transpose(0, 3, 1, 2))}
 
-    with tempfile.TemporaryDirectory(prefix="imgpipe-int8-") as scratch:
+    with (
+        tempfile.TemporaryDirectory(prefix="imgpipe-int8-") as scratch,
+        _quiet_onnxruntime() as hidden,
+    ):
         prepared = Path(scratch) / "prepared.onnx"
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
         # The first convolution stays float: it sees the raw pixel scale, costs little, and
@@ -149,7 +155,39 @@ def quantize_int8(fp32: Path, destination: Path, calibration: np.ndarray) -> Non
             weight_type=QuantType.QInt8,
             nodes_to_exclude=[first_conv],
         )
+    hidden_note = f" ({hidden.count} onnxruntime log lines left out)" if hidden.count else ""
+    log.info("int8: quantised on %d calibration images%s", len(calibration), hidden_note)
     _carry_metadata(fp32, destination, len(calibration))
+
+
+class _Hidden(logging.Filter):
+    """Drops onnxruntime's records and counts them."""
+
+    count = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ours = f"{os.sep}onnxruntime{os.sep}" not in record.pathname
+        self.count += not ours
+        return ours
+
+
+@contextlib.contextmanager
+def _quiet_onnxruntime() -> Iterator[_Hidden]:
+    """onnxruntime's quantiser logs dozens of INFO lines per model through the root logger (76
+    for EfficientNet-Lite0: one per tensor it calibrates): they are kept out of the user's log,
+    whichever handler it has, and counted."""
+    hidden = _Hidden()
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    root.addFilter(hidden)  # records logged on the root logger itself
+    for handler in handlers:  # and those of onnxruntime's own loggers, which propagate
+        handler.addFilter(hidden)
+    try:
+        yield hidden
+    finally:
+        root.removeFilter(hidden)
+        for handler in handlers:
+            handler.removeFilter(hidden)
 
 
 def _carry_metadata(fp32: Path, int8: Path, calibration_images: int) -> None:
