@@ -3,7 +3,10 @@ seed; pixels find the images that are not like the others."""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
+import pytest
 import torch
 
 from imgpipe.audit.folds import assign_folds
@@ -34,13 +37,20 @@ def relabelled(split: SplitArrays, row: int) -> SplitArrays:
     return SplitArrays(split.images, labels, split.classes, split.files)
 
 
-def test_changing_an_images_label_leaves_its_own_probabilities_bit_identical() -> None:
+def test_changing_an_images_label_leaves_its_own_probabilities_bit_identical(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """Its label trains only the other folds' models, never the one that scores it; the
     test split's labels train nothing at all."""
     pool, test = make_split(15, size=16, seed=1), make_split(5, size=16, seed=2)
     fold = assign_folds(pool.labels, None, folds=3, seed=0)
     config = audit_config()
-    before = network_out_of_sample(pool, test, fold, config, CPU)
+    with caplog.at_level(logging.INFO):
+        before = network_out_of_sample(pool, test, fold, config, CPU)
+    # One line per fold; the epochs' "val" lines (training rows here) stay out.
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.split(":")[0] for line in lines] == [f"audit fold {k}/3" for k in (1, 2, 3)]
+    assert logging.getLogger("imgpipe.training.loop").level == logging.NOTSET  # restored
     after = network_out_of_sample(relabelled(pool, 4), relabelled(test, 0), fold, config, CPU)
     assert np.array_equal(before.pool[4], after.pool[4])
     others = fold != fold[4]  # scored by models the changed label trained
