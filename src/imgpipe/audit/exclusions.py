@@ -62,12 +62,16 @@ def drop_files(split: SplitArrays, files: list[str]) -> SplitArrays:
             f"(e.g. {sorted(unknown)[0]}); rerun the audit stage"
         )
     keep = np.array([name not in dropped for name in split.files])
+    return subset(split, np.flatnonzero(keep))
+
+
+def subset(split: SplitArrays, rows: np.ndarray) -> SplitArrays:
+    """``rows`` of ``split``, in that order, with their files and groups (images copied out
+    of the memory map)."""
     return SplitArrays(
-        images=split.images[keep],
-        labels=split.labels[keep],
+        images=np.ascontiguousarray(split.images[rows]),
+        labels=split.labels[rows],
         classes=split.classes,
-        files=[name for name, kept in zip(split.files, keep, strict=True) if kept],
-        groups=[g for g, kept in zip(split.groups, keep, strict=True) if kept]
-        if split.groups is not None
-        else None,
+        files=[split.files[i] for i in rows] if split.files else [],
+        groups=[split.groups[i] for i in rows] if split.groups is not None else None,
     )

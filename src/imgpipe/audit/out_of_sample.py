@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from imgpipe.audit.exclusions import subset
 from imgpipe.data.splits import SplitArrays
 from imgpipe.io import atomic_path
 from imgpipe.training.feature_cache import embed
@@ -46,16 +47,6 @@ class OutOfSample:
     pool: np.ndarray  # train+val rows x classes: each row from the model whose fold held it out
     test: np.ndarray  # test rows x classes: mean of the fold models
     features: np.ndarray  # (pool + test) rows x D: where outliers are looked for
-
-
-def subset(split: SplitArrays, rows: np.ndarray) -> SplitArrays:
-    """``rows`` of ``split`` (images copied out of the memory map)."""
-    return SplitArrays(
-        images=np.ascontiguousarray(split.images[rows]),
-        labels=split.labels[rows],
-        classes=split.classes,
-        files=[split.files[i] for i in rows] if split.files else [],
-    )
 
 
 def network_out_of_sample(
@@ -187,15 +178,10 @@ def frozen_features(
     from imgpipe.training.augment import build_augmentation
     from imgpipe.training.distributed import Processes
     from imgpipe.training.feature_cache import cache_key, cached_features
-    from imgpipe.training.loop import seed_everything
-    from imgpipe.training.model import channel_statistics, create_network
+    from imgpipe.training.loop import build_network
 
-    seed_everything(config.seed)
-    mean, std = channel_statistics(train.images)
-    channels, classes = train.images.shape[-1], len(train.classes)
-    net = create_network(config.model, classes, channels, config.pretrained, config.drop_path)
-    network = Classifier(net, mean, std).to(device).eval()
-    augment = build_augmentation(config.augment, channels)
+    network = build_network(config, train, device)[0].eval()
+    augment = build_augmentation(config.augment, train.images.shape[-1])
     views, val_features = cached_features(
         network,
         train,

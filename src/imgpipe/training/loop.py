@@ -278,14 +278,9 @@ def build_trainer(
     """Seed, then create the network (normalised by the training images' statistics), what
     of it trains, its weight average, optimiser, schedule and inputs. The order is fixed: it
     decides which random numbers initialise the weights."""
-    seed_everything(config.seed)
     device = resolve_device(config.device, processes.local_rank)
-    mean, std = channel_statistics(train.images)
+    network, mean, std = build_network(config, train, device)
     channels, classes = train.images.shape[-1], len(train.classes)
-    net = create_network(config.model, classes, channels, config.pretrained, config.drop_path)
-    network = Classifier(net, mean, std).to(device)
-    if device.type == "cuda":  # tensor cores want channels-last
-        network = network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     model, train_inputs, validation, augment = _what_trains(
         network,
         train,
@@ -325,6 +320,22 @@ def build_trainer(
         shuffler=torch.Generator().manual_seed(config.seed),
         scaler=torch.amp.GradScaler(device.type, enabled=autocast_dtype(device) == torch.float16),
     )
+
+
+def build_network(
+    config: TrainConfig, train: SplitArrays, device: torch.device
+) -> tuple[Classifier, list[float], list[float]]:
+    """Seed, then the network on ``device``, normalised by the training images' per-channel
+    mean and std (returned too). The audit builds its frozen backbone here as well: the
+    feature cache it shares with ``finetune: head`` is only right if both build it alike."""
+    seed_everything(config.seed)
+    mean, std = channel_statistics(train.images)
+    channels, classes = train.images.shape[-1], len(train.classes)
+    net = create_network(config.model, classes, channels, config.pretrained, config.drop_path)
+    network = Classifier(net, mean, std).to(device)
+    if device.type == "cuda":  # tensor cores want channels-last
+        network = network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    return network, mean, std
 
 
 def _what_trains(
