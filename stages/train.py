@@ -38,7 +38,7 @@ def main() -> None:
         "--features",
         type=Path,
         required=True,
-        help="cache folder of frozen features (finetune: head), reused across runs",
+        help="cache folder of frozen features (finetune: head, lp-ft), reused across runs",
     )
     parser.add_argument(
         "--exclude",

@@ -4,20 +4,24 @@ seed; pixels find the images that are not like the others."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
+import timm
 import torch
 
 from imgpipe.audit.folds import assign_folds
 from imgpipe.audit.out_of_sample import (
     features_out_of_sample,
+    frozen_features,
     network_out_of_sample,
     pixel_features,
 )
 from imgpipe.audit.suspects import AuditedImages, find_suspects
 from imgpipe.data.splits import SplitArrays
 from imgpipe.params import load_params
+from imgpipe.training.loop import train_classifier
 from imgpipe.training.settings import TrainConfig
 from tests.conftest import REPO_ROOT, make_split, train_config
 
@@ -106,3 +110,27 @@ def test_pixel_features_shrink_large_images() -> None:
     features = pixel_features(images)
     assert features.shape == (3, 32 * 32 * 3)
     assert np.allclose(features.mean(axis=0), 0, atol=1e-6)
+
+
+@pytest.mark.parametrize("finetune", ["lp-ft", "full"])
+def test_the_audit_fills_the_feature_entry_lp_ft_reads(
+    finetune: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Unless finetune is head, the audit computes one unaugmented view (however many
+    feature_views say), the very entry lp-ft's linear probe then reads."""
+    torch.manual_seed(7)
+    weights = tmp_path / "pretrained.pth"
+    torch.save(timm.create_model("test_resnet", num_classes=1000).state_dict(), weights)
+    config = train_config(pretrained=str(weights), finetune=finetune, feature_views=3, epochs=2)
+    train, val, test = make_split(6, seed=1), make_split(3, seed=2), make_split(3, seed=3)
+    cache = tmp_path / "features"
+    train_val, _ = frozen_features(config, train, val, test, device=CPU, cache=cache)
+    assert len(train_val) == len(train) + len(val)
+    written = sorted(cache.iterdir())
+    assert len(written) == 2  # train+val, and test
+    with np.load(next(p for p in written if not p.name.startswith("test-"))) as stored:
+        assert stored["views"].shape[0] == 1
+    with caplog.at_level(logging.INFO):
+        train_classifier(train, val, config.replace(finetune="lp-ft"), feature_cache=cache)
+    assert sorted(cache.iterdir()) == written
+    assert any("frozen features from" in r.getMessage() for r in caplog.records)

@@ -172,14 +172,17 @@ def frozen_features(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The pretrained backbone's features of train+val (rows in that order) and of test.
 
-    Train and val come from the cache ``finetune: head`` fills (the same key, so whichever of
-    train and audit runs first computes them and the other reads them); test has an entry of
-    its own in the same folder, keyed the same way."""
+    Train and val come from the cache ``finetune: head`` and ``lp-ft`` fill (the same key, so
+    whichever of train and audit runs first computes them and the other reads them); test has
+    an entry of its own in the same folder, keyed the same way. Only ``head`` trains on
+    augmented views: otherwise the one unaugmented view is all that is computed."""
     from imgpipe.training.augment import build_augmentation
     from imgpipe.training.distributed import Processes
     from imgpipe.training.feature_cache import cache_key, cached_features
     from imgpipe.training.loop import build_network
 
+    if config.finetune != "head":
+        config = config.replace(feature_views=1)
     network = build_network(config, train, device)[0].eval()
     augment = build_augmentation(config.augment, train.images.shape[-1])
     views, val_features = cached_features(

@@ -10,7 +10,9 @@ optimiser, schedule, weight average, inputs), :func:`~imgpipe.training.resume.re
 per epoch :func:`run_epoch` (:func:`train_one_epoch` of :func:`train_step` calls, then
 :func:`validate`), the best epoch kept and the state saved. ``finetune: head`` trains the
 classifier alone on features the frozen backbone computed once
-(:mod:`imgpipe.training.feature_cache`); ``full`` trains the network on the images.
+(:mod:`imgpipe.training.feature_cache`); ``full`` trains the network on the images;
+``lp-ft`` fits the classifier on those features first (:mod:`imgpipe.training.linear_probe`),
+then trains the network on the images from it.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from imgpipe.training.inference import (
     predict_split,
     resolve_device,
 )
+from imgpipe.training.linear_probe import probe_head
 from imgpipe.training.model import Classifier, channel_statistics, create_network
 from imgpipe.training.resume import Progress, Resumable, resume, save_state, state_key
 from imgpipe.training.settings import TrainConfig
@@ -261,7 +264,7 @@ class Trainer:
         )
         if frozen == self.frozen:
             return
-        set_frozen(self.network.net if config.finetune == "full" else self.model, set(frozen))
+        set_frozen(self.model if config.finetune == "head" else self.network.net, set(frozen))
         self.forward = _wrap(self.model, self.device, config.compile, self.processes)
         if self.frozen is not None:
             log.info("epoch %d: %d parameter tensors frozen", epoch, len(frozen))
@@ -352,8 +355,23 @@ def _what_trains(
     """What the optimiser trains, the inputs it trains on, how it is validated, and the
     augmentation applied to each batch. ``full``: the whole network on the images.
     ``finetune: head``: the classifier alone on the features the frozen backbone computes once
-    (of augmented views of each image, so no batch is augmented again)."""
-    if config.finetune == "full":
+    (of augmented views of each image, so no batch is augmented again). ``lp-ft``: the
+    whole network on the images, its classifier first fitted on the unaugmented features."""
+    if config.finetune == "lp-ft":
+        # One unaugmented view: the same cache entry as finetune: head with feature_views 1.
+        views, val_features = cached_features(
+            network,
+            train,
+            val,
+            config.replace(feature_views=1),
+            augment=None,
+            device=device,
+            cache=feature_cache,
+            processes=processes,
+        )
+        head = network.net.get_classifier()
+        probe_head(head, views[0], train.labels, val_features, val.labels, seed=config.seed)
+    if config.finetune != "head":
 
         def on_images(module: nn.Module) -> torch.Tensor:
             return predict_split(module, val, config.batch_size, device)  # type: ignore[arg-type]
@@ -380,14 +398,14 @@ def _what_trains(
 def _optimizer_and_schedule(
     config: TrainConfig, model: nn.Module, train_images: int, processes: Processes
 ) -> tuple[torch.optim.Optimizer, Schedule]:
-    """The optimiser over what trains (layer-wise lr decay for ``finetune: full`` only) and its
+    """The optimiser over what trains (layer-wise lr decay unless ``finetune: head``) and its
     per-step schedule over all epochs."""
     optimizer = build_optimizer(
         model.net if isinstance(model, Classifier) else model,
         config.optimizer,
         config.lr,
         config.weight_decay,
-        config.layer_decay if config.finetune == "full" else 0.0,
+        config.layer_decay if config.finetune != "head" else 0.0,
     )
     steps_per_epoch = len(global_batches(np.arange(train_images), config.batch_size, processes))
     schedule = Schedule(

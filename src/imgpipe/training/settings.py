@@ -81,7 +81,8 @@ class TrainConfig(FrozenSettings):
     augment: AugmentConfig
     mixup: float = Field(ge=0)  # alpha of batch-level mixup; 0 off
     cutmix: float = Field(ge=0)  # alpha of batch-level cutmix; 0 off (both: one or the other)
-    finetune: Literal["full", "head"]  # head: train the classifier on cached frozen features
+    # head: the classifier alone on cached frozen features; lp-ft: that first, then full
+    finetune: Literal["full", "head", "lp-ft"]
     feature_views: int = Field(ge=1, le=64)  # finetune head: cached views per training image
     freeze: Literal["none", "backbone"] | Annotated[int, Field(ge=0)]  # frozen leading groups
     freeze_epochs: int = Field(ge=0)  # train the head alone for this many epochs first

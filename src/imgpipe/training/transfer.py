@@ -51,7 +51,7 @@ def frozen_in_epoch(
     net: Any,
     epoch: int,
     *,
-    finetune: Literal["full", "head"],
+    finetune: Literal["full", "head", "lp-ft"],
     freeze: Freeze,
     freeze_epochs: int,
 ) -> frozenset[str]:
