@@ -5,6 +5,7 @@ measured in the same run (shared, noisy machines make absolute timings meaningle
     python -m bench near-duplicates  the perceptual-hash search's cost against decoding
     python -m bench train            train stage vs a bare PyTorch loop
     python -m bench finetune         finetune: head vs full fine-tuning, per epoch
+    python -m bench features         frozen features: onnxruntime vs torch eager
     python -m bench predict          imgpipe predict vs onnxruntime alone
     python -m bench serve            imgpipe serve under load vs onnxruntime's batch rate
     python -m bench bootstrap        bootstrap intervals, all resamples at once vs a sklearn loop
@@ -20,10 +21,30 @@ import argparse
 from collections.abc import Sequence
 from functools import partial
 
-from bench import audit, bootstrap, finetune, near_duplicates, predict, preprocess, serve, train
+from bench import (
+    audit,
+    bootstrap,
+    features,
+    finetune,
+    near_duplicates,
+    predict,
+    preprocess,
+    serve,
+    train,
+)
 from imgpipe.stage import run_stage
 
-BENCHMARKS = (preprocess, near_duplicates, train, finetune, predict, serve, bootstrap, audit)
+BENCHMARKS = (
+    preprocess,
+    near_duplicates,
+    train,
+    finetune,
+    features,
+    predict,
+    serve,
+    bootstrap,
+    audit,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -31,7 +31,6 @@ import torch
 from imgpipe.audit.exclusions import subset
 from imgpipe.data.splits import SplitArrays
 from imgpipe.io import atomic_path
-from imgpipe.training.feature_cache import embed
 from imgpipe.training.inference import predict_split
 from imgpipe.training.loop import train_classifier
 from imgpipe.training.model import Classifier
@@ -178,15 +177,15 @@ def frozen_features(
     augmented views: otherwise the one unaugmented view is all that is computed."""
     from imgpipe.training.augment import build_augmentation
     from imgpipe.training.distributed import Processes
-    from imgpipe.training.feature_cache import cache_key, cached_features
+    from imgpipe.training.feature_cache import FrozenBackbone, cache_key, cached_features
     from imgpipe.training.loop import build_network
 
     if config.finetune != "head":
         config = config.replace(feature_views=1)
-    network = build_network(config, train, device)[0].eval()
+    backbone = FrozenBackbone(build_network(config, train, device)[0], device)
     augment = build_augmentation(config.augment, train.images.shape[-1])
     views, val_features = cached_features(
-        network,
+        backbone,
         train,
         val,
         config,
@@ -200,7 +199,7 @@ def frozen_features(
         with np.load(path) as stored:
             test_features = stored["test"]
     else:
-        test_features = embed(network, test.images, device, description="features test")
+        test_features = backbone.features(test.images, "features test")
         with atomic_path(path) as temporary, temporary.open("wb") as handle:
             np.savez(handle, test=test_features)
     return np.concatenate([views[0], val_features]), test_features

@@ -6,6 +6,12 @@ thousand photos: an epoch is one small matrix product per batch. The cache is ke
 everything that shapes the features (architecture, weights, image size and pixels, views,
 augmentation and seed), so experiments that change only the head's settings (lr, epochs, ...)
 reuse it; anything else computes it afresh. The exported model is still the whole network.
+
+On the CPU the unaugmented images go through onnxruntime: the frozen network is exported once
+per run (in memory, a few seconds) and onnxruntime computes its features 2-4x faster than
+torch eager for CNNs on a laptop CPU (EfficientNet-Lite0 at 224 px: 123 against 36 images/s on
+2 cores). The engine is part of the cache key. Augmented views, and every view on a GPU, stay
+in torch (kornia augments tensors on the training device).
 """
 
 from __future__ import annotations
@@ -13,9 +19,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,7 +38,7 @@ from imgpipe.training.settings import TrainConfig
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 2  # 2: keyed by device type and autocast precision too
+CACHE_FORMAT = 3  # 2: keyed by device type and autocast precision too; 3: and the engine
 EMBED_BATCH = 64  # images per forward pass while filling the cache
 
 
@@ -69,6 +77,7 @@ def cache_key(
         "seed": config.seed,
         "device": device.type,
         "precision": str(autocast_dtype(device)),
+        "engine": engine(device),
         "augment": config.augment.model_dump() if config.feature_views > 1 else None,
     }
     digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode())
@@ -80,7 +89,7 @@ def cache_key(
 
 
 def cached_features(
-    network: Classifier,
+    backbone: FrozenBackbone,
     train: SplitArrays,
     val: SplitArrays,
     config: TrainConfig,
@@ -90,15 +99,15 @@ def cached_features(
     cache: Path | None,
     processes: Processes,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Training views (``V x N x D``) and validation features (``N x D``) of ``network``'s frozen
-    backbone, from ``cache`` when it holds them, else computed and stored there by the first
+    """Training views (``V x N x D``) and validation features (``N x D``) of the frozen
+    ``backbone``, from ``cache`` when it holds them, else computed and stored there by the first
     process of each machine (nodes need not share a filesystem; where they do, the atomic
     rename makes the second writer harmless)."""
     if cache is None:
-        return _compute(network, train, val, config, augment=augment, device=device)
+        return _compute(backbone, train, val, config, augment=augment)
     path = cache / f"{cache_key(config, train, val, device)}.npz"
     if not path.is_file() and processes.local_rank == 0:
-        views, val_features = _compute(network, train, val, config, augment=augment, device=device)
+        views, val_features = _compute(backbone, train, val, config, augment=augment)
         with atomic_path(path) as temporary, temporary.open("wb") as handle:
             np.savez(handle, views=views, val=val_features)
     wait_for_every_process(processes)  # the others read what their node's first process wrote
@@ -108,23 +117,95 @@ def cached_features(
 
 
 def _compute(
-    network: Classifier,
+    backbone: FrozenBackbone,
     train: SplitArrays,
     val: SplitArrays,
     config: TrainConfig,
     *,
     augment: Callable[[torch.Tensor], torch.Tensor] | None,
-    device: torch.device,
 ) -> tuple[np.ndarray, np.ndarray]:
-    network.eval()
-    views = [embed(network, train.images, device, description="features train")]
+    views = [backbone.features(train.images, "features train")]
+    device = backbone.device
     # The views' draws (CPU and CUDA generators) leave training's alone.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
         for view in range(2, config.feature_views + 1):
             named = f"features train view {view}/{config.feature_views}"
-            views.append(embed(network, train.images, device, augment, named))
-    return np.stack(views), embed(network, val.images, device, description="features val")
+            views.append(embed(backbone.network, train.images, device, augment, named))
+    return np.stack(views), backbone.features(val.images, "features val")
+
+
+def engine(device: torch.device) -> str:
+    """What computes the unaugmented features on ``device``."""
+    return "onnxruntime" if device.type == "cpu" else "torch"
+
+
+class _Embedding(torch.nn.Module):
+    def __init__(self, network: Classifier) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.network.forward_with_embedding(images)[1]
+
+
+@dataclass
+class FrozenBackbone:
+    """A frozen network's penultimate features of unaugmented images, through onnxruntime on
+    the CPU (:func:`engine`; exported on first use, then kept) and torch elsewhere. A network
+    the exporter cannot take falls back to torch, with a warning: the same every time for
+    that network, so the cache key stays true."""
+
+    network: Classifier
+    device: torch.device
+    _session: Any = field(default=None, init=False, repr=False)
+    _exportable: bool = field(default=True, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.network.eval()
+
+    def features(self, images: np.ndarray, description: str = "features") -> np.ndarray:
+        """Penultimate-layer features of ``N x H x W x C`` uint8 images."""
+        if engine(self.device) == "torch" or not len(images) or not self._open(images.shape):
+            return embed(self.network, images, self.device, description=description)
+        name = self._session.get_inputs()[0].name
+        out = []
+        for start in tqdm(range(0, len(images), EMBED_BATCH), desc=description, unit="batch"):
+            batch = images[start : start + EMBED_BATCH].transpose(0, 3, 1, 2)
+            out.append(self._session.run(None, {name: np.ascontiguousarray(batch)})[0])
+        return np.concatenate(out).astype(np.float32, copy=False)
+
+    def _open(self, shape: tuple[int, ...]) -> bool:
+        """The onnxruntime session, exported for images of ``shape`` (``N x H x W x C``) on first
+        use; False when the exporter cannot take the network."""
+        if self._session is not None or not self._exportable:
+            return self._exportable
+        import onnxruntime as ort
+
+        height, width, channels = shape[1:]
+        example = torch.zeros(2, channels, height, width, dtype=torch.uint8)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the exporter's deprecation chatter
+                program = torch.onnx.export(
+                    _Embedding(self.network).eval(),
+                    (example,),
+                    dynamo=True,
+                    dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+                    verbose=False,
+                )
+            if program is None:  # only the legacy exporter returns None
+                raise RuntimeError("torch.onnx.export returned no program")
+            proto = program.model_proto.SerializeToString()
+        except Exception as error:  # whatever the exporter cannot take: torch computes instead
+            log.warning("frozen features: ONNX export failed (%s); torch computes them", error)
+            self._exportable = False
+            return False
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only
+        self._session = ort.InferenceSession(proto, options, providers=["CPUExecutionProvider"])
+        log.info("frozen features: onnxruntime (graph exported, %.1f MB)", len(proto) / 1e6)
+        return True
 
 
 @torch.no_grad()

@@ -38,7 +38,12 @@ from imgpipe.data.splits import SplitArrays
 from imgpipe.errors import ImgpipeError
 from imgpipe.training.augment import build_augmentation, build_mixing
 from imgpipe.training.distributed import Processes, share_buffers_of_rank_0, sum_over_processes
-from imgpipe.training.feature_cache import FeatureInputs, cached_features, head_probabilities
+from imgpipe.training.feature_cache import (
+    FeatureInputs,
+    FrozenBackbone,
+    cached_features,
+    head_probabilities,
+)
 from imgpipe.training.inference import (
     autocast,
     autocast_dtype,
@@ -360,7 +365,7 @@ def _what_trains(
     if config.finetune == "lp-ft":
         # One unaugmented view: the same cache entry as finetune: head with feature_views 1.
         views, val_features = cached_features(
-            network,
+            FrozenBackbone(network, device),
             train,
             val,
             config.replace(feature_views=1),
@@ -378,7 +383,7 @@ def _what_trains(
 
         return network, ImageInputs(train), on_images, augment
     views, val_features = cached_features(
-        network,
+        FrozenBackbone(network, device),
         train,
         val,
         config,
