@@ -1,10 +1,12 @@
 import dataclasses
+import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from imgpipe.training import loop
 from imgpipe.training.augment import build_augmentation, build_mixing
 from imgpipe.training.distributed import Processes
 from imgpipe.training.inference import predict_split
@@ -274,3 +276,28 @@ def test_the_trainer_is_built_by_keyword_only() -> None:
     values = [getattr(trainer, field.name) for field in dataclasses.fields(Trainer) if field.init]
     with pytest.raises(TypeError, match="positional argument"):
         Trainer(*values)  # type: ignore[call-arg, misc]  # mypy, too, refuses this call
+
+
+def test_each_epoch_shows_a_bar_over_its_batches_unless_its_lines_are_silenced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bars: list[tuple[str, int, object]] = []
+
+    def recorded(batches: list[np.ndarray], **options: object) -> list[np.ndarray]:
+        bars.append((str(options["desc"]), len(batches), options["disable"]))
+        return batches
+
+    monkeypatch.setattr(loop, "tqdm", recorded)
+    config = train_config(epochs=2, batch_size=8)
+    logger = logging.getLogger("imgpipe.training.loop")
+    level = logger.level
+    try:
+        logger.setLevel(logging.INFO)
+        train_classifier(make_split(12), make_split(2, seed=1), config)
+        assert bars == [("epoch 1/2", 3, None), ("epoch 2/2", 3, None)]  # None: a terminal's
+        bars.clear()
+        logger.setLevel(logging.WARNING)  # as the audit's fold trainings are
+        train_classifier(make_split(12), make_split(2, seed=1), config)
+        assert [disable for *_, disable in bars] == [True, True]
+    finally:
+        logger.setLevel(level)

@@ -33,6 +33,7 @@ import torch.nn.functional as F  # noqa: N812 (the conventional name)
 from timm.scheduler.cosine_lr import CosineLRScheduler
 from timm.utils.model_ema import ModelEmaV3
 from torch import nn
+from tqdm import tqdm
 
 from imgpipe.data.splits import SplitArrays
 from imgpipe.errors import ImgpipeError
@@ -434,7 +435,13 @@ def train_one_epoch(trainer: Trainer, progress: Progress) -> tuple[float, int]:
     )
     batches = global_batches(order, config.batch_size, processes)
     loss_sum, seen = 0.0, 0
-    for batch in batches:
+    # A bar within the epoch (a 224 px epoch on a laptop CPU takes minutes): on a terminal only
+    # (None: tqdm's own check), rank 0 only, and not where the epoch lines are silenced.
+    quiet = processes.rank != 0 or not log.isEnabledFor(logging.INFO)
+    epoch = f"epoch {progress.epoch + 1}/{config.epochs}"
+    for batch in tqdm(
+        batches, desc=epoch, unit="batch", leave=False, disable=True if quiet else None
+    ):
         # This process's share of the global batch; sorted: sequential memmap reads.
         rows = np.sort(batch[processes.rank :: processes.world])
         loss_sum += train_step(trainer, rows, progress) * len(rows)
