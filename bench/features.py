@@ -59,7 +59,9 @@ def bench_features(
     cpu = torch.device("cpu")
     pixels = synthetic_split(np.random.default_rng(0), images, image_size, channels, 10).images
     torch.manual_seed(0)
-    network = Classifier(create_network(architecture, 10, channels), [0.5] * 3, [0.25] * 3)
+    network = Classifier(
+        create_network(architecture, 10, channels), [0.5] * channels, [0.25] * channels
+    )
     backbone = FrozenBackbone(network, cpu)
     started = clock()
     backbone.features(pixels[:2], "export")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import timm
 import torch
 from PIL import Image
 
@@ -126,3 +127,12 @@ def gcs_emulator(bucket: str) -> Iterator[str]:
             yield url
     finally:
         server.stop()
+
+
+@pytest.fixture
+def weights(tmp_path: Path) -> str:
+    """A 'pretrained' test_resnet weights file (1000 classes, RGB), as users bring them."""
+    torch.manual_seed(7)
+    path = tmp_path / "pretrained.pth"
+    torch.save(timm.create_model("test_resnet", num_classes=1000).state_dict(), path)
+    return str(path)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import timm
 import torch
 
 from imgpipe.audit.folds import assign_folds
@@ -114,14 +113,11 @@ def test_pixel_features_shrink_large_images() -> None:
 
 @pytest.mark.parametrize("finetune", ["lp-ft", "full"])
 def test_the_audit_fills_the_feature_entry_lp_ft_reads(
-    finetune: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    finetune: str, weights: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Unless finetune is head, the audit computes one unaugmented view (however many
     feature_views say), the very entry lp-ft's linear probe then reads."""
-    torch.manual_seed(7)
-    weights = tmp_path / "pretrained.pth"
-    torch.save(timm.create_model("test_resnet", num_classes=1000).state_dict(), weights)
-    config = train_config(pretrained=str(weights), finetune=finetune, feature_views=3, epochs=2)
+    config = train_config(pretrained=weights, finetune=finetune, feature_views=3, epochs=2)
     train, val, test = make_split(6, seed=1), make_split(3, seed=2), make_split(3, seed=3)
     cache = tmp_path / "features"
     train_val, _ = frozen_features(config, train, val, test, device=CPU, cache=cache)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import timm
 import torch
 from torch import nn
 
@@ -71,14 +70,6 @@ def test_a_classifier_that_is_not_one_linear_layer_is_named() -> None:
     layer = nn.Linear(16, 3)
     probe = probe_head(layer, train, labels, val, val_labels, seed=0)
     assert torch.equal(layer.weight.detach(), torch.from_numpy(probe.weight).float())
-
-
-@pytest.fixture
-def weights(tmp_path: Path) -> str:
-    torch.manual_seed(7)
-    path = tmp_path / "pretrained.pth"
-    torch.save(timm.create_model("test_resnet", num_classes=1000).state_dict(), path)
-    return str(path)
 
 
 def test_lp_ft_fine_tunes_the_whole_network_from_the_probe(weights: str, tmp_path: Path) -> None:

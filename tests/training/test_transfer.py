@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import timm
 import torch
 
 from imgpipe.data.splits import SplitArrays
@@ -26,15 +25,6 @@ from imgpipe.training.transfer import (
 from tests.conftest import make_split
 from tests.conftest import train_config as tiny_config
 from tests.training.test_loop import CrashAtEpoch, CrashError
-
-
-@pytest.fixture
-def weights(tmp_path: Path) -> str:
-    """A 'pretrained' test_resnet weights file (1000 classes, RGB), as users bring them."""
-    torch.manual_seed(7)
-    path = tmp_path / "pretrained.pth"
-    torch.save(timm.create_model("test_resnet", num_classes=1000).state_dict(), path)
-    return str(path)
 
 
 def initial_state(**changes: object) -> dict[str, torch.Tensor]:
