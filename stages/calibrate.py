@@ -14,7 +14,8 @@ from imgpipe.evaluation.temperature import fit_temperature, why_no_temperature
 from imgpipe.io import write_json
 from imgpipe.params import load_params
 from imgpipe.stage import run_stage
-from imgpipe.training.inference import predict_logits, resolve_device
+from imgpipe.training.feature_cache import model_logits
+from imgpipe.training.inference import resolve_device
 from imgpipe.training.model import load_checkpoint
 
 log = logging.getLogger("imgpipe.stages.calibrate")
@@ -26,15 +27,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", type=Path, required=True, help="checkpoint from train")
     parser.add_argument("--val", type=Path, required=True, help="preprocessed validation split")
+    parser.add_argument(
+        "--features",
+        type=Path,
+        required=True,
+        help="frozen-feature cache (finetune: head reuses the val split's features from it)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="calibration JSON to write")
     args = parser.parse_args()
 
     p = load_params()
     settings = p.evaluate
-    model, _ = load_checkpoint(args.model)
+    model, meta = load_checkpoint(args.model)
     val = load_split(args.val)
     device = resolve_device(p.device)
-    logits = predict_logits(model.to(device), val, settings.batch_size, device).numpy()
+    model = model.to(device)
+    logits = model_logits(
+        model, meta, val, settings.batch_size, device, cache=args.features, name="val"
+    )
     unfit = why_no_temperature(logits, val.labels)
     fitted = settings.calibration == "temperature" and unfit is None
     temperature = fit_temperature(logits, val.labels) if fitted else 1.0

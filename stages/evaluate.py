@@ -26,7 +26,8 @@ from imgpipe.evaluation.plots import write_plots
 from imgpipe.io import read_json, write_json
 from imgpipe.params import load_params
 from imgpipe.stage import run_stage
-from imgpipe.training.inference import predict_logits, predict_split, resolve_device
+from imgpipe.training.feature_cache import model_logits
+from imgpipe.training.inference import predict_split, resolve_device
 from imgpipe.training.model import load_checkpoint
 
 log = logging.getLogger("imgpipe.stages.evaluate")
@@ -37,6 +38,12 @@ def main() -> None:
     parser.add_argument("--model", type=Path, required=True, help="checkpoint from train")
     parser.add_argument("--calibration", type=Path, required=True, help="JSON from calibrate")
     parser.add_argument("--test", type=Path, required=True, help="preprocessed test split")
+    parser.add_argument(
+        "--features",
+        type=Path,
+        required=True,
+        help="frozen-feature cache (finetune: head reuses the test split's features from it)",
+    )
     parser.add_argument("--metrics", type=Path, required=True, help="headline metrics JSON")
     parser.add_argument("--plots", type=Path, required=True, help="folder for plot data")
     args = parser.parse_args()
@@ -44,12 +51,14 @@ def main() -> None:
     p = load_params()
     settings = p.evaluate
     device = resolve_device(p.device)
-    model, _ = load_checkpoint(args.model)
+    model, meta = load_checkpoint(args.model)
     model = model.to(device)
     fitted = read_json(args.calibration)
     temperature = float(fitted["temperature"])
     test = load_split(args.test)
-    logits = predict_logits(model, test, settings.batch_size, device).numpy()
+    logits = model_logits(
+        model, meta, test, settings.batch_size, device, cache=args.features, name="test"
+    )
     probabilities, uncalibrated = softmax(logits, temperature), softmax(logits)
     point = operating_point(fitted, test.classes)
 

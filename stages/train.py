@@ -117,7 +117,9 @@ def train_and_save(
             channels=train.images.shape[3],
             mean=result.mean,
             std=result.std,
-            training={"best_epoch": result.best_epoch, **result.best},
+            # finetune tells calibrate and evaluate whether the backbone is the frozen one
+            # whose cached features they can reuse.
+            training={"best_epoch": result.best_epoch, "finetune": config.finetune, **result.best},
         )
         save_checkpoint(checkpoint, result.model, meta)
 

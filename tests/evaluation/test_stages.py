@@ -1,9 +1,10 @@
 """The calibrate and evaluate stage scripts on a small stage folder: calibration, the operating
-point chosen on validation and applied to test, intervals, groups, and a target the validation
-split cannot support."""
+point chosen on validation and applied to test, intervals, groups, a target the validation
+split cannot support, and a head model's logits from the frozen features."""
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +44,14 @@ def run_both(*changes: tuple[str, str]) -> tuple[dict[str, Any], dict[str, Any]]
     for old, new in changes:
         assert old in params.read_text()
         params.write_text(params.read_text().replace(old, new))
-    run_stage_script("calibrate.py", "--model", "model.pt", "--val", "val", "--out", "cal.json")
+    run_stage_script(
+        "calibrate.py",
+        *("--model", "model.pt", "--val", "val", "--features", "features", "--out", "cal.json"),
+    )
     run_stage_script(
         "evaluate.py",
         *("--model", "model.pt", "--calibration", "cal.json", "--test", "test"),
-        *("--metrics", "eval.json", "--plots", "eval"),
+        *("--features", "features", "--metrics", "eval.json", "--plots", "eval"),
     )
     return json.loads(Path("cal.json").read_text()), json.loads(Path("eval.json").read_text())
 
@@ -124,3 +128,21 @@ def test_a_positive_class_that_is_not_a_class_stops_calibrate_in_one_line(
         "evaluate.positive_class 'pneumonia' is not a class of this data (classes: left, right)"
     )
     assert not Path("cal.json").exists()
+
+
+def test_a_head_models_stages_score_its_classifier_on_the_cached_features(
+    stage_folder: Path, tiny_model: tuple[Classifier, ModelMeta]
+) -> None:
+    whole_fitted, whole = run_both()
+    assert not Path("features").exists()  # a fine-tuned backbone: the whole network ran
+    model, meta = tiny_model
+    save_checkpoint(Path("model.pt"), model, replace(meta, training={"finetune": "head"}))
+    fitted, evaluation = run_both()
+    assert len(list(Path("features").iterdir())) == 2  # val's and test's features
+    assert fitted["temperature"] == pytest.approx(whole_fitted["temperature"], abs=1e-3)
+    assert evaluation["accuracy"] == whole["accuracy"]
+    assert evaluation["ece"] == pytest.approx(whole["ece"], abs=1e-3)
+    # From the entries now: bit-identical outputs.
+    written = Path("eval.json").read_bytes(), Path("eval/predictions.csv").read_bytes()
+    run_both()
+    assert (Path("eval.json").read_bytes(), Path("eval/predictions.csv").read_bytes()) == written

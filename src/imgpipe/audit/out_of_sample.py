@@ -30,7 +30,6 @@ import torch
 
 from imgpipe.audit.exclusions import subset
 from imgpipe.data.splits import SplitArrays
-from imgpipe.io import atomic_path
 from imgpipe.training.inference import predict_split
 from imgpipe.training.loop import train_classifier
 from imgpipe.training.model import Classifier
@@ -171,13 +170,13 @@ def frozen_features(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The pretrained backbone's features of train+val (rows in that order) and of test.
 
-    Train and val come from the cache ``finetune: head`` and ``lp-ft`` fill (the same key, so
-    whichever of train and audit runs first computes them and the other reads them); test has
-    an entry of its own in the same folder, keyed the same way. Only ``head`` trains on
+    Each split's features come from the cache ``finetune: head`` and ``lp-ft`` fill (keyed by
+    the backbone's weights and the split's pixels, so whichever of audit, train, calibrate and
+    evaluate runs first computes them and the others read them). Only ``head`` trains on
     augmented views: otherwise the one unaugmented view is all that is computed."""
     from imgpipe.training.augment import build_augmentation
     from imgpipe.training.distributed import Processes
-    from imgpipe.training.feature_cache import FrozenBackbone, cache_key, cached_features
+    from imgpipe.training.feature_cache import FrozenBackbone, cached_features, split_features
     from imgpipe.training.loop import build_network
 
     if config.finetune != "head":
@@ -194,12 +193,5 @@ def frozen_features(
         cache=cache,
         processes=Processes(),
     )
-    path = cache / f"test-{cache_key(config.replace(feature_views=1), test, test, device)}.npz"
-    if path.is_file():
-        with np.load(path) as stored:
-            test_features = stored["test"]
-    else:
-        test_features = backbone.features(test.images, "features test")
-        with atomic_path(path) as temporary, temporary.open("wb") as handle:
-            np.savez(handle, test=test_features)
+    test_features = split_features(backbone, test, cache, name="test")
     return np.concatenate([views[0], val_features]), test_features

@@ -12,6 +12,15 @@ per run (in memory, a few seconds) and onnxruntime computes its features 2-4x fa
 torch eager for CNNs on a laptop CPU (EfficientNet-Lite0 at 224 px: 123 against 36 images/s on
 2 cores). The engine is part of the cache key. Augmented views, and every view on a GPU, stay
 in torch (kornia augments tensors on the training device).
+
+Each split's unaugmented features have an entry of their own, keyed by the frozen network's
+weights and the split's pixels (:func:`split_features`), so every stage that meets the same
+backbone and pixels again reads them instead of running the backbone: the audit (all three
+splits), train (train and val), and, for a model trained with ``finetune: head``, calibrate
+(val) and evaluate (test), whose logits are the trained classifier on those features
+(:func:`model_logits`). In a `dvc repro` of a photo folder the backbone then runs once over
+each image. Whether an entry was there never changes an output: a missing one is computed by
+the same engine and stored.
 """
 
 from __future__ import annotations
@@ -32,13 +41,15 @@ from tqdm import tqdm
 from imgpipe.data.splits import SplitArrays
 from imgpipe.io import atomic_path, file_sha256
 from imgpipe.training.distributed import Processes, wait_for_every_process
-from imgpipe.training.inference import autocast, autocast_dtype
-from imgpipe.training.model import Classifier
+from imgpipe.training.inference import autocast, autocast_dtype, predict_logits
+from imgpipe.training.model import Classifier, ModelMeta
 from imgpipe.training.settings import TrainConfig
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 3  # 2: keyed by device type and autocast precision too; 3: and the engine
+# 2: keyed by device type and autocast precision too; 3: and the engine; 4: a split's
+# unaugmented features in an entry of their own, the training entry holds the augmented views
+CACHE_FORMAT = 4
 EMBED_BATCH = 64  # images per forward pass while filling the cache
 
 
@@ -63,9 +74,10 @@ class FeatureInputs:
 def cache_key(
     config: TrainConfig, train: SplitArrays, val: SplitArrays, device: torch.device
 ) -> str:
-    """Everything that shapes the cached features; the head's own settings are left out. The
-    device type and its autocast precision count: features computed in bf16 on a GPU (with
-    CUDA's random draws for the views) are not the CPU's, and must not be reused there."""
+    """The key of the augmented training views (``feature_views`` > 1): everything that shapes
+    them; the head's own settings are left out. The device type and its autocast precision
+    count: features computed in bf16 on a GPU (with CUDA's random draws for the views) are not
+    the CPU's, and must not be reused there."""
     weights = config.pretrained
     if isinstance(weights, str) and Path(weights).is_file():
         weights = file_sha256(Path(weights))
@@ -83,9 +95,13 @@ def cache_key(
     digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode())
     for split in (train, val):
         digest.update(json.dumps([split.images.shape, split.files]).encode())
-        for start in range(0, len(split), 4096):  # every pixel: the cache must not go stale
-            digest.update(np.ascontiguousarray(split.images[start : start + 4096]).tobytes())
+        _digest_pixels(digest, split.images)
     return digest.hexdigest()[:32]
+
+
+def _digest_pixels(digest: Any, images: np.ndarray) -> None:
+    for start in range(0, len(images), 4096):  # every pixel: the cache must not go stale
+        digest.update(np.ascontiguousarray(images[start : start + 4096]).tobytes())
 
 
 def cached_features(
@@ -99,40 +115,71 @@ def cached_features(
     cache: Path | None,
     processes: Processes,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Training views (``V x N x D``) and validation features (``N x D``) of the frozen
-    ``backbone``, from ``cache`` when it holds them, else computed and stored there by the first
-    process of each machine (nodes need not share a filesystem; where they do, the atomic
-    rename makes the second writer harmless)."""
+    """Training views (``V x N x D``; view 0 unaugmented) and validation features (``N x D``)
+    of the frozen ``backbone``, from ``cache`` when it holds them, else computed and stored
+    there by the first process of each machine (nodes need not share a filesystem; where they
+    do, the atomic rename makes the second writer harmless)."""
+    first = split_features(backbone, train, cache, processes=processes, name="train")
+    val_features = split_features(backbone, val, cache, processes=processes, name="val")
+    if config.feature_views == 1:
+        return first[None], val_features
     if cache is None:
-        return _compute(backbone, train, val, config, augment=augment)
-    path = cache / f"{cache_key(config, train, val, device)}.npz"
+        augmented = _augmented_views(backbone, train, config, augment)
+        return np.concatenate([first[None], augmented]), val_features
+    path = cache / f"views-{cache_key(config, train, val, device)}.npz"
     if not path.is_file() and processes.local_rank == 0:
-        views, val_features = _compute(backbone, train, val, config, augment=augment)
+        augmented = _augmented_views(backbone, train, config, augment)
         with atomic_path(path) as temporary, temporary.open("wb") as handle:
-            np.savez(handle, views=views, val=val_features)
+            np.savez(handle, views=augmented)
     wait_for_every_process(processes)  # the others read what their node's first process wrote
-    log.info("frozen features from %s", path)
+    log.info("frozen features: augmented views from %s", path)
     with np.load(path) as stored:
-        return stored["views"], stored["val"]
+        return np.concatenate([first[None], stored["views"]]), val_features
 
 
-def _compute(
+def split_features(
+    backbone: FrozenBackbone,
+    split: SplitArrays,
+    cache: Path | None,
+    *,
+    processes: Processes | None = None,
+    name: str = "split",
+) -> np.ndarray:
+    """The frozen ``backbone``'s features (``N x D``) of the unaugmented images of ``split``:
+    from ``cache`` when an entry for these weights and pixels is there, else computed (by the
+    first process of each machine) and stored for whichever stage meets them next."""
+    description = f"features {name}"
+    if cache is None:
+        return backbone.features(split.images, description)
+    processes = processes or Processes()
+    path = cache / f"split-{backbone.key(split.images)}.npz"
+    if not path.is_file() and processes.local_rank == 0:
+        features = backbone.features(split.images, description)
+        with atomic_path(path) as temporary, temporary.open("wb") as handle:
+            np.savez(handle, features=features)
+    wait_for_every_process(processes)
+    log.info("frozen features of %s from %s", name, path)
+    with np.load(path) as stored:
+        features_read: np.ndarray = stored["features"]
+        return features_read
+
+
+def _augmented_views(
     backbone: FrozenBackbone,
     train: SplitArrays,
-    val: SplitArrays,
     config: TrainConfig,
-    *,
     augment: Callable[[torch.Tensor], torch.Tensor] | None,
-) -> tuple[np.ndarray, np.ndarray]:
-    views = [backbone.features(train.images, "features train")]
+) -> np.ndarray:
+    """Views 2..V of the training images (``V-1 x N x D``), in torch on the training device."""
     device = backbone.device
+    views = []
     # The views' draws (CPU and CUDA generators) leave training's alone.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
         for view in range(2, config.feature_views + 1):
             named = f"features train view {view}/{config.feature_views}"
             views.append(embed(backbone.network, train.images, device, augment, named))
-    return np.stack(views), backbone.features(val.images, "features val")
+    return np.stack(views)
 
 
 def engine(device: torch.device) -> str:
@@ -160,9 +207,42 @@ class FrozenBackbone:
     device: torch.device
     _session: Any = field(default=None, init=False, repr=False)
     _exportable: bool = field(default=True, init=False, repr=False)
+    _fingerprint: str | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.network.eval()
+
+    def key(self, images: np.ndarray) -> str:
+        """What shapes these images' features: the network's weights and normalisation (its
+        classifier left out), the engine and precision that compute them, and every pixel."""
+        shaping = {
+            "format": CACHE_FORMAT,
+            "backbone": self.fingerprint(),
+            "device": self.device.type,
+            "precision": str(autocast_dtype(self.device)),
+            "engine": engine(self.device),
+            "shape": list(images.shape),
+        }
+        digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode())
+        _digest_pixels(digest, images)
+        return digest.hexdigest()[:32]
+
+    def fingerprint(self) -> str:
+        """A digest of every tensor the features depend on: the whole network but its
+        classifier (which finetune: head trains on them, so it must not move the key)."""
+        if self._fingerprint is None:
+            classifier = self.network.net.get_classifier()
+            prefix = next(
+                f"{name}." for name, module in self.network.named_modules() if module is classifier
+            )
+            digest = hashlib.sha256()
+            for name, tensor in self.network.state_dict().items():
+                if name.startswith(prefix):
+                    continue
+                digest.update(f"{name}:{tensor.dtype}:{list(tensor.shape)}".encode())
+                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
 
     def features(self, images: np.ndarray, description: str = "features") -> np.ndarray:
         """Penultimate-layer features of ``N x H x W x C`` uint8 images."""
@@ -238,3 +318,35 @@ def head_probabilities(
         chunk = torch.from_numpy(features[start : start + batch_size]).to(device)
         out.append(head(chunk).float().softmax(1).cpu())
     return torch.cat(out)
+
+
+def trained_on_frozen_features(meta: ModelMeta) -> bool:
+    """Whether the checkpoint's backbone is the frozen pretrained one (``finetune: head``)."""
+    return meta.training.get("finetune") == "head"
+
+
+@torch.no_grad()
+def model_logits(
+    model: Classifier,
+    meta: ModelMeta,
+    split: SplitArrays,
+    batch_size: int,
+    device: torch.device,
+    *,
+    cache: Path | None,
+    name: str = "split",
+) -> np.ndarray:
+    """The logits of every image of ``split`` (called ``name`` in the log). For a model
+    trained with ``finetune: head``, its classifier on the frozen backbone's features, read
+    from ``cache`` when training (or the audit) left them there; otherwise the whole network on
+    the images. The choice depends on the model alone, never on what the cache holds, so the
+    output does not either."""
+    if not trained_on_frozen_features(meta):
+        return predict_logits(model, split, batch_size, device).numpy()
+    features = split_features(FrozenBackbone(model, device), split, cache, name=name)
+    head = model.net.get_classifier().eval()
+    logits = [
+        head(torch.from_numpy(features[start : start + batch_size]).to(device)).float().cpu()
+        for start in range(0, len(features), batch_size)
+    ]
+    return torch.cat(logits).numpy() if logits else np.empty((0, len(split.classes)), np.float32)
