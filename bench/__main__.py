@@ -10,6 +10,7 @@ measured in the same run (shared, noisy machines make absolute timings meaningle
     python -m bench serve            imgpipe serve under load vs onnxruntime's batch rate
     python -m bench bootstrap        bootstrap intervals, all resamples at once vs a sklearn loop
     python -m bench audit            the label audit on cached features vs its bare K-fold fits
+    python -m bench photos           the whole dvc repro on N photos, each stage, vs an older commit
 
 Run from the repository root in the project's environment (``./run.sh python -m bench ...``).
 Not part of the installed package: its load client and memory sampler are dev dependencies.
@@ -27,6 +28,7 @@ from bench import (
     features,
     finetune,
     near_duplicates,
+    photos,
     predict,
     preprocess,
     serve,
@@ -44,6 +46,7 @@ BENCHMARKS = (
     serve,
     bootstrap,
     audit,
+    photos,
 )
 
 

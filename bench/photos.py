@@ -1,0 +1,261 @@
+"""``python -m bench photos``: the whole pipeline on a photo folder, the laptop-CPU job of
+``finetune: head``: it builds N photo crops, runs every stage of ``dvc repro`` in a fresh copy
+of this checkout and times each, and with ``--baseline REV`` does the same with the code of an
+earlier commit (same photos, same settings, same run) and prints each stage's ratio.
+
+The photos are crops of the two photos scikit-learn ships (a palace and a flower), four classes
+(the left and right half of each: a crop's centre decides its class, so crops near the middle
+are genuinely ambiguous), resized to ``--image-size`` and saved as JPEG with varied brightness.
+Without ``--weights`` the backbone has random weights: the timings are those of the real
+network, the accuracy is not (the output says which).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.common import Clock, Commands, add_output_argument, emit
+
+NAME = "photos"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ("china-left", "china-right", "flower-left", "flower-right")
+
+
+def add_parser(benches: Commands) -> None:
+    """Register the command on ``benches`` (an ``add_subparsers`` result)."""
+    sub = benches.add_parser(
+        NAME,
+        help="the whole dvc repro on N photo crops with finetune: head, each stage timed; "
+        "--baseline REV times an earlier commit's code in the same run",
+    )
+    sub.add_argument("--photos", type=int, default=5000, help="photo crops (4 classes)")
+    sub.add_argument("--image-size", type=int, default=224, help="side of each crop")
+    sub.add_argument("--model", default="tf_efficientnet_lite0", help="timm model")
+    sub.add_argument(
+        "--weights",
+        type=Path,
+        help="pretrained weights file for --model (default: random weights, same timings)",
+    )
+    sub.add_argument("--epochs", type=int, default=10, help="epochs of the head")
+    sub.add_argument(
+        "--baseline", metavar="REV", help="git revision whose code runs the same job first"
+    )
+    sub.add_argument("--workdir", type=Path, help="keep the photos and the runs here")
+    add_output_argument(sub)
+    sub.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-photos-") as scratch:
+        emit(
+            bench_photos(
+                args.workdir or Path(scratch),
+                photos=args.photos,
+                image_size=args.image_size,
+                model=args.model,
+                weights=args.weights,
+                epochs=args.epochs,
+                baseline=args.baseline,
+            ),
+            args.output,
+        )
+
+
+def bench_photos(
+    workdir: Path,
+    *,
+    photos: int,
+    image_size: int,
+    model: str,
+    weights: Path | None,
+    epochs: int,
+    baseline: str | None = None,
+    clock: Clock = time.perf_counter,
+) -> dict[str, Any]:
+    """Time each stage of the pipeline on ``photos`` crops in a copy of this checkout, and in
+    one of revision ``baseline`` (run first) when given."""
+    folder = write_photos(workdir / "photos", photos, image_size)
+    weights_file = weights or random_weights(workdir / f"{model}-random.pth", model)
+    settings = {
+        "data.source": str(folder),
+        "preprocess.image_size": str(image_size),
+        "preprocess.channels": "3",
+        "model": model,
+        "pretrained": f"weights/{weights_file.name}",
+        "finetune": "head",
+        "epochs": str(epochs),
+    }
+    sides = {"new": None} if baseline is None else {"baseline": baseline, "new": None}
+    runs = {}
+    for side, revision in sides.items():
+        repo = checkout(workdir / side, revision)
+        shutil.copy(weights_file, repo / "weights" / weights_file.name)
+        configure(repo / "params.yaml", settings)
+        runs[side] = time_stages(repo, clock)
+    return summarise(runs, photos, image_size, model, weights)
+
+
+def write_photos(folder: Path, count: int, size: int, seed: int = 0) -> Path:
+    """``count`` JPEG crops of scikit-learn's sample photos in the four :data:`CLASSES`."""
+    from PIL import Image, ImageEnhance
+    from sklearn.datasets import load_sample_images
+
+    shutil.rmtree(folder, ignore_errors=True)
+    rng = np.random.default_rng(seed)
+    sources = dict(zip(("china", "flower"), load_sample_images().images, strict=True))
+    for index in range(count):
+        name = CLASSES[index % len(CLASSES)]
+        photo, half = name.split("-")
+        image = Image.fromarray(sources[photo])
+        width, height = image.size
+        side = int(height * rng.uniform(0.3, 0.6))
+        low, high = (side / 2, width / 2) if half == "left" else (width / 2, width - side / 2)
+        left, top = int(rng.uniform(low, high) - side / 2), int(rng.integers(0, height - side))
+        crop = image.crop((left, top, left + side, top + side)).resize((size, size))
+        crop = ImageEnhance.Brightness(crop).enhance(rng.uniform(0.6, 1.4))
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        crop.save(folder / name / f"{index:05d}.jpg", quality=85)
+    return folder
+
+
+def random_weights(path: Path, model: str) -> Path:
+    """A weights file of ``model`` at its random initialisation (ImageNet-sized head)."""
+    import timm
+    import torch
+
+    import imgpipe.training.model  # noqa: F401  registers test_resnet with timm
+
+    torch.manual_seed(0)
+    torch.save(timm.create_model(model).state_dict(), path)
+    return path
+
+
+def checkout(destination: Path, revision: str | None) -> Path:
+    """A fresh git repository holding this checkout's tracked and untracked (not ignored)
+    files, or with ``revision`` the files of that commit."""
+    shutil.rmtree(destination, ignore_errors=True)
+    destination.mkdir(parents=True)
+    if revision is None:
+        listed = git_output(
+            REPO_ROOT, "ls-files", "-z", "--cached", "--others", "--exclude-standard"
+        )
+        for relative in filter(None, listed.decode().split("\0")):
+            source = REPO_ROOT / relative
+            if source.is_file():
+                (destination / relative).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, destination / relative)
+    else:
+        with tarfile.open(fileobj=io.BytesIO(git_output(REPO_ROOT, "archive", revision))) as tar:
+            tar.extractall(destination, filter="data")
+    git_output(destination, "init", "-q")
+    git_output(destination, "add", "-A")
+    git_output(destination, "commit", "-q", "-m", f"bench photos: {revision or 'working tree'}")
+    return destination
+
+
+def git_output(repo: Path, *args: str) -> bytes:
+    identity = ["-c", "user.name=bench", "-c", "user.email=bench@example.com"]
+    return subprocess.run(
+        ["git", *identity, *args], cwd=repo, check=True, capture_output=True
+    ).stdout
+
+
+def configure(params: Path, settings: dict[str, str]) -> None:
+    """Set ``section.key`` (or top-level ``key``) values in params.yaml, keeping its comments."""
+    lines = params.read_text().splitlines(keepends=True)
+    for dotted, value in settings.items():
+        section, _, key = dotted.rpartition(".")
+        indent = "  " if section else ""
+        current, done = "", False
+        for number, line in enumerate(lines):
+            heading = re.match(r"^(\w+):", line)
+            if heading:
+                current = heading.group(1)
+            match = re.match(rf"^{indent}{key}:( +)\S+", line)
+            if match and (not section or current == section):
+                lines[number] = f"{indent}{key}:{match.group(1)}{value}{line[match.end() :]}"
+                done = True
+                break
+        if not done:
+            raise ValueError(f"{params}: no key {dotted!r} to set")
+    params.write_text("".join(lines))
+
+
+def time_stages(repo: Path, clock: Clock) -> dict[str, Any]:
+    """Each stage of ``repo``'s dvc.yaml, in its order, run alone (``dvc repro -s``)."""
+    import yaml
+
+    from imgpipe.io import read_json
+
+    stages = list(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"])
+    environment = dict(os.environ)
+    # The stages call `python`: this environment's, running the copy's own library.
+    environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment['PATH']}"
+    environment["PYTHONPATH"] = str(repo / "src")
+    seconds = {}
+    for stage in stages:
+        started = clock()
+        result = subprocess.run(
+            [sys.executable, "-m", "dvc", "repro", "--single-item", stage],
+            cwd=repo,
+            env=environment,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        seconds[stage] = round(clock() - started, 1)
+        if result.returncode:
+            raise RuntimeError(f"{repo}: stage {stage} failed:\n{result.stderr[-3000:]}")
+        print(f"{repo.name}: {stage} {seconds[stage]} s", file=sys.stderr, flush=True)
+    scores = read_json(repo / "metrics/eval.json")
+    return {
+        "seconds": seconds,
+        "test_accuracy": [scores[f"accuracy{end}"] for end in ("", "_ci_low", "_ci_high")],
+    }
+
+
+def summarise(
+    runs: dict[str, dict[str, Any]],
+    photos: int,
+    image_size: int,
+    model: str,
+    weights: Path | None,
+) -> dict[str, Any]:
+    new = runs["new"]
+    results: dict[str, Any] = {
+        "photos": photos,
+        "image_size": image_size,
+        "model": model,
+        "weights": weights.name if weights else "random (timings only: accuracy is meaningless)",
+        "cores": os.cpu_count(),
+        "seconds": new["seconds"],
+        "total_seconds": round(sum(new["seconds"].values()), 1),
+        "test_accuracy": new["test_accuracy"],
+    }
+    if "baseline" in runs:
+        old = runs["baseline"]
+        results["baseline_seconds"] = old["seconds"]
+        results["baseline_total_seconds"] = round(sum(old["seconds"].values()), 1)
+        results["baseline_test_accuracy"] = old["test_accuracy"]
+        results["speedup"] = {
+            stage: round(old["seconds"][stage] / max(seconds, 1e-9), 2)
+            for stage, seconds in new["seconds"].items()
+            if stage in old["seconds"]
+        }
+        results["total_speedup"] = round(
+            results["baseline_total_seconds"] / max(results["total_seconds"], 1e-9), 2
+        )
+    return results

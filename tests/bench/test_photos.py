@@ -1,0 +1,74 @@
+"""python -m bench photos: the photo folder it builds, the settings it writes into params.yaml,
+and (slow) the whole pipeline timed stage by stage against a baseline revision."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bench.photos import CLASSES, bench_photos, configure, summarise, write_photos
+from tests.conftest import REPO_ROOT
+
+
+def test_the_photo_folder_has_every_class_at_the_size_asked(tmp_path: Path) -> None:
+    folder = write_photos(tmp_path / "photos", 10, 48)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(CLASSES)
+    files = sorted(folder.rglob("*.jpg"))
+    assert len(files) == 10
+    with Image.open(files[0]) as first:
+        assert first.size == (48, 48) and first.mode == "RGB"
+    again = write_photos(tmp_path / "again", 10, 48)
+    assert [p.read_bytes() for p in sorted(again.rglob("*.jpg"))] == [
+        p.read_bytes() for p in files
+    ]  # seeded: both sides of a comparison see the same photos
+
+
+def test_settings_land_on_their_keys_and_the_comments_stay(tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text((REPO_ROOT / "params.yaml").read_text())
+    configure(params, {"data.source": "/photos", "epochs": "3", "preprocess.channels": "3"})
+    text = params.read_text()
+    assert "  source: /photos  # builtin:mnist5k" in text
+    assert len(re.findall(r"^epochs: +3 +# passes", text, re.MULTILINE)) == 1
+    assert "  epochs: 5 " in text  # the audit's epochs are another key
+    assert "  channels: 3 " in text
+    with pytest.raises(ValueError, match=r"no key 'data\.nothing'"):
+        configure(params, {"data.nothing": "1"})
+
+
+def test_ratios_are_the_baseline_over_the_new_seconds() -> None:
+    new = {"seconds": {"train": 10.0, "evaluate": 5.0}, "test_accuracy": [0.9, 0.8, 0.95]}
+    old = {"seconds": {"train": 10.0, "evaluate": 20.0}, "test_accuracy": [0.9, 0.8, 0.95]}
+    results = summarise({"baseline": old, "new": new}, 40, 64, "resnet18", None)
+    assert results["speedup"] == {"train": 1.0, "evaluate": 4.0}
+    assert results["total_seconds"] == 15.0 and results["baseline_total_seconds"] == 30.0
+    assert results["total_speedup"] == 2.0
+    assert results["weights"].startswith("random")
+
+
+@pytest.mark.slow
+def test_the_whole_pipeline_runs_and_is_timed_on_both_sides(tmp_path: Path) -> None:
+    results = bench_photos(
+        tmp_path,
+        photos=160,
+        image_size=32,
+        model="test_resnet",
+        weights=None,
+        epochs=2,
+        baseline="HEAD",
+    )
+    stages = list(results["seconds"])
+    assert stages[:2] == ["download", "preprocess"] and "drift-baseline" in stages
+    assert all(seconds > 0 for seconds in results["seconds"].values())
+    assert set(results["speedup"]) == set(stages)
+    low, accuracy, high = sorted(results["test_accuracy"])
+    assert 0 <= low <= accuracy <= high <= 1
+    # The new side ran the working tree's code with finetune: head on the photos.
+    params = (tmp_path / "new/params.yaml").read_text()
+    assert "\nfinetune: head " in params and "  channels: 3 " in params
+    processed = np.load(tmp_path / "new/data/processed/test/images.npy", mmap_mode="r")
+    assert processed.shape[1:] == (32, 32, 3)
