@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -82,3 +83,13 @@ def test_the_readme_photo_path_trains_evaluates_and_exports(tmp_path: Path) -> N
     assert 0 <= evaluation["accuracy"] <= 1
     assert (repo / "models/model.onnx").stat().st_size > 1_000_000  # resnet18, not the digits net
     assert (repo / f"{settings['pretrained']}.dvc").is_file()
+
+    # finetune: head: calibrate and evaluate scored the head on the features the audit cached.
+    # Without the cache they compute them afresh, and not one output byte moves.
+    scored = ("metrics/calibration.json", "metrics/eval.json", "metrics/eval/predictions.csv")
+    written = {path: (repo / path).read_bytes() for path in scored}
+    shutil.rmtree(repo / ".dvc/tmp/imgpipe/features")
+    for stage in ("calibrate", "evaluate"):
+        dvc(repo, "repro", "--force", "--single-item", stage)
+    assert {path: (repo / path).read_bytes() for path in scored} == written
+    assert len(list((repo / ".dvc/tmp/imgpipe/features").iterdir())) == 2  # val's and test's

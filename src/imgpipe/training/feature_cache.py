@@ -341,7 +341,7 @@ def model_logits(
     from ``cache`` when training (or the audit) left them there; otherwise the whole network on
     the images. The choice depends on the model alone, never on what the cache holds, so the
     output does not either."""
-    if not trained_on_frozen_features(meta):
+    if not trained_on_frozen_features(meta) or not len(split):
         return predict_logits(model, split, batch_size, device).numpy()
     features = split_features(FrozenBackbone(model, device), split, cache, name=name)
     head = model.net.get_classifier().eval()
@@ -349,4 +349,4 @@ def model_logits(
         head(torch.from_numpy(features[start : start + batch_size]).to(device)).float().cpu()
         for start in range(0, len(features), batch_size)
     ]
-    return torch.cat(logits).numpy() if logits else np.empty((0, len(split.classes)), np.float32)
+    return torch.cat(logits).numpy()
