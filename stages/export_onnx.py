@@ -41,6 +41,11 @@ def main() -> None:
         help="folder of the int8 model.onnx (empty: off or rejected)",
     )
     parser.add_argument("--metrics", type=Path, required=True, help="export metrics JSON")
+    parser.add_argument(
+        "--graphs",
+        type=Path,
+        help="folder of exported backbone graphs (the feature cache: the audit's, reused)",
+    )
     args = parser.parse_args()
 
     p = load_params().export
@@ -57,7 +62,9 @@ def main() -> None:
     images = val.images[:PARITY_IMAGES]
     # Parity is checked on the temporary file: a model that fails it never lands at --out.
     with atomic_path(args.out) as temporary:
-        export_onnx(model, meta, temporary, p.opset, provenance, temperature=temperature)
+        export_onnx(
+            model, meta, temporary, p.opset, provenance, temperature=temperature, graphs=args.graphs
+        )
         parity = check_parity(temporary, model, images, p.tolerance, temperature=temperature)
     int8 = export_int8(
         args.out,

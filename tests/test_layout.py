@@ -44,7 +44,8 @@ RULES: dict[str, tuple[tuple[str, ...], bool]] = {
         ("imgpipe", "imgpipe.data.images", "imgpipe.runtime", "imgpipe.monitoring.features"),
         False,
     ),
-    "imgpipe.training": (("imgpipe.data.splits",), True),
+    # runtime.onnx_model: the ONNX contract's names, for the backbone graph (torch-free).
+    "imgpipe.training": (("imgpipe.data.splits", "imgpipe.runtime.onnx_model"), True),
     "imgpipe.evaluation": (("imgpipe.data.splits", "imgpipe.training"), True),
     "imgpipe.audit": (
         ("imgpipe.data.splits", "imgpipe.evaluation.pictures", "imgpipe.training"),

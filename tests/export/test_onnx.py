@@ -8,7 +8,7 @@ import onnx
 import pytest
 import torch
 
-from imgpipe.export.onnx import ParityError, check_parity
+from imgpipe.export.onnx import PARITY_BATCH, ParityError, check_parity
 from imgpipe.runtime.onnx_model import OnnxClassifier, read_onnx_metadata
 from imgpipe.training.model import Classifier, ModelMeta
 from tests.conftest import REPO_ROOT, make_split
@@ -29,9 +29,9 @@ def test_one_file_with_dynamic_batch_and_metadata(
     assert not graph.input[0].type.tensor_type.shape.dim[0].HasField("dim_value")  # symbolic batch
     assert read_onnx_metadata(exported) == {**meta.to_dict(), "checkpoint_sha256": "c0ffee"}
 
-    images = make_split(5).images
+    images = make_split(20).images  # 40: one full batch of PARITY_BATCH and part of another
     report = check_parity(exported, model, images, tolerance=1e-4)
-    assert report.images == 10
+    assert report.images == 40 > PARITY_BATCH
     assert report.prediction_agreement == 1.0
     assert report.max_abs_diff_logits < 1e-4
 

@@ -1,6 +1,11 @@
 import numpy as np
 
-from imgpipe.monitoring.features import baseline_summary, image_statistics, sample_images
+from imgpipe.monitoring.features import (
+    STATISTICS_CHUNK,
+    baseline_summary,
+    image_statistics,
+    sample_images,
+)
 
 
 def test_statistics_move_with_inversion_and_blur() -> None:
@@ -19,6 +24,18 @@ def test_statistics_move_with_inversion_and_blur() -> None:
         / 9
     )
     assert (image_statistics(blurred.astype(np.uint8))["sharpness"] < stats["sharpness"]).all()
+
+
+def test_each_image_gets_the_figures_it_gets_alone_whatever_chunk_it_falls_in() -> None:
+    images = np.random.default_rng(1).integers(0, 256, (2 * STATISTICS_CHUNK + 3, 12, 10, 3))
+    images = images.astype(np.uint8)
+    together = image_statistics(images)
+    for row in (0, STATISTICS_CHUNK - 1, STATISTICS_CHUNK, len(images) - 1):
+        alone = image_statistics(images[row : row + 1])
+        assert {name: values[row] for name, values in together.items()} == {
+            name: values[0] for name, values in alone.items()
+        }
+    assert all(len(values) == 0 for values in image_statistics(images[:0]).values())
 
 
 def test_sampling_is_seeded_and_spans_all_parts() -> None:

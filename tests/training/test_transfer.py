@@ -165,18 +165,18 @@ def test_head_fine_tuning_trains_on_cached_features(
     first = train_classifier(train, val, config, feature_cache=cache)
     assert changed(before_state, first.model.state_dict()) == {"net.fc.weight", "net.fc.bias"}
     assert first.best["val_accuracy"] >= 0.9
-    stored = sorted(cache.iterdir())
+    stored = sorted(cache.glob("*.npz"))
     # train's and val's unaugmented features, and train's augmented view
     assert [path.name.split("-")[0] for path in stored] == ["split", "split", "views"]
     written = [path.stat().st_mtime_ns for path in stored]
     with caplog.at_level(logging.INFO):  # the head's own settings reuse the features
         train_classifier(train, val, config.replace(lr=1e-3), feature_cache=cache)
-    assert [path.stat().st_mtime_ns for path in sorted(cache.iterdir())] == written
+    assert [path.stat().st_mtime_ns for path in sorted(cache.glob("*.npz"))] == written
     assert any("augmented views from" in r.getMessage() for r in caplog.records)
     train_classifier(train, val, config.replace(feature_views=3), feature_cache=cache)
-    assert len(list(cache.iterdir())) == 4  # other views: other features, the same splits'
+    assert len(list(cache.glob("*.npz"))) == 4  # other views: other features, the same splits'
     train_classifier(train, val, config.replace(feature_views=1), feature_cache=cache)
-    assert len(list(cache.iterdir())) == 4  # one view: the splits' entries alone
+    assert len(list(cache.glob("*.npz"))) == 4  # one view: the splits' entries alone
 
 
 def test_head_mode_refuses_batch_mixing() -> None:

@@ -181,7 +181,7 @@ def frozen_features(
 
     if config.finetune != "head":
         config = config.replace(feature_views=1)
-    backbone = FrozenBackbone(build_network(config, train, device)[0], device)
+    backbone = FrozenBackbone(build_network(config, train, device)[0], device, cache)
     augment = build_augmentation(config.augment, train.images.shape[-1])
     views, val_features = cached_features(
         backbone,

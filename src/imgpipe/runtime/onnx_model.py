@@ -127,8 +127,10 @@ class OnnxClassifier:
             point if threshold is None else with_threshold(point, threshold, path)
         )
 
-    def run(self, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-        """Softmax probabilities and embeddings for ``N x H x W x C`` uint8 images."""
+    def run(self, images: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+        """Softmax probabilities and embeddings for ``N x H x W x C`` uint8 images, in batches
+        of ``batch_size`` (32: as fast per image as larger batches on a CPU, a fraction of
+        their memory)."""
         probabilities, embeddings = [], []
         for start in range(0, len(images), batch_size):
             batch = np.ascontiguousarray(images[start : start + batch_size].transpose(0, 3, 1, 2))

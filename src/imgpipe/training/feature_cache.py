@@ -8,9 +8,10 @@ augmentation and seed), so experiments that change only the head's settings (lr,
 reuse it; anything else computes it afresh. The exported model is still the whole network.
 
 On the CPU the unaugmented images go through onnxruntime: the frozen network is exported once
-per run (in memory, a few seconds) and onnxruntime computes its features 2-4x faster than
-torch eager for CNNs on a laptop CPU (EfficientNet-Lite0 at 224 px: 123 against 36 images/s on
-2 cores). The engine is part of the cache key. Augmented views, and every view on a GPU, stay
+(:mod:`imgpipe.training.backbone_graph`, kept beside the features, where export-onnx finds it
+again) and onnxruntime computes its features 2-4x faster than torch eager for CNNs on a laptop
+CPU (EfficientNet-Lite0 at 224 px: 123 against 36 images/s on 2 cores). The engine is part of
+the cache key. Augmented views, and every view on a GPU, stay
 in torch (kornia augments tensors on the training device).
 
 Each split's unaugmented features have an entry of their own, keyed by the frozen network's
@@ -28,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from imgpipe.data.splits import SplitArrays
 from imgpipe.io import atomic_path, file_sha256
+from imgpipe.training.backbone_graph import backbone_fingerprint, backbone_graph
 from imgpipe.training.distributed import Processes, wait_for_every_process
 from imgpipe.training.inference import autocast, autocast_dtype, predict_logits
 from imgpipe.training.model import Classifier, ModelMeta
@@ -48,8 +49,11 @@ from imgpipe.training.settings import TrainConfig
 log = logging.getLogger(__name__)
 
 # 2: keyed by device type and autocast precision too; 3: and the engine; 4: a split's
-# unaugmented features in an entry of their own, the training entry holds the augmented views
-CACHE_FORMAT = 4
+# unaugmented features in an entry of their own, the training entry holds the augmented views;
+# 5: the backbone's fingerprint covers its architecture too
+CACHE_FORMAT = 5
+# export.opset's default: export-onnx then reuses the graph the features were computed with.
+GRAPH_OPSET = 18
 EMBED_BATCH = 64  # images per forward pass while filling the cache
 
 
@@ -187,15 +191,6 @@ def engine(device: torch.device) -> str:
     return "onnxruntime" if device.type == "cpu" else "torch"
 
 
-class _Embedding(torch.nn.Module):
-    def __init__(self, network: Classifier) -> None:
-        super().__init__()
-        self.network = network
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.network.forward_with_embedding(images)[1]
-
-
 @dataclass
 class FrozenBackbone:
     """A frozen network's penultimate features of unaugmented images, through onnxruntime on
@@ -205,6 +200,7 @@ class FrozenBackbone:
 
     network: Classifier
     device: torch.device
+    graphs: Path | None = None  # where the exported graph is kept (the feature cache)
     _session: Any = field(default=None, init=False, repr=False)
     _exportable: bool = field(default=True, init=False, repr=False)
     _fingerprint: str | None = field(default=None, init=False, repr=False)
@@ -228,20 +224,9 @@ class FrozenBackbone:
         return digest.hexdigest()[:32]
 
     def fingerprint(self) -> str:
-        """A digest of every tensor the features depend on: the whole network but its
-        classifier (which finetune: head trains on them, so it must not move the key)."""
+        """:func:`~imgpipe.training.backbone_graph.backbone_fingerprint`, computed once."""
         if self._fingerprint is None:
-            classifier = self.network.net.get_classifier()
-            prefix = next(
-                f"{name}." for name, module in self.network.named_modules() if module is classifier
-            )
-            digest = hashlib.sha256()
-            for name, tensor in self.network.state_dict().items():
-                if name.startswith(prefix):
-                    continue
-                digest.update(f"{name}:{tensor.dtype}:{list(tensor.shape)}".encode())
-                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-            self._fingerprint = digest.hexdigest()
+            self._fingerprint = backbone_fingerprint(self.network)
         return self._fingerprint
 
     def features(self, images: np.ndarray, description: str = "features") -> np.ndarray:
@@ -263,20 +248,10 @@ class FrozenBackbone:
         import onnxruntime as ort
 
         height, width, channels = shape[1:]
-        example = torch.zeros(2, channels, height, width, dtype=torch.uint8)
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the exporter's deprecation chatter
-                program = torch.onnx.export(
-                    _Embedding(self.network).eval(),
-                    (example,),
-                    dynamo=True,
-                    dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
-                    verbose=False,
-                )
-            if program is None:  # only the legacy exporter returns None
-                raise RuntimeError("torch.onnx.export returned no program")
-            proto = program.model_proto.SerializeToString()
+            shape_chw = (channels, height, width)
+            graph = backbone_graph(self.network, shape_chw, GRAPH_OPSET, self.graphs, keep=True)
+            proto = graph.SerializeToString()
         except Exception as error:  # whatever the exporter cannot take: torch computes instead
             log.warning("frozen features: ONNX export failed (%s); torch computes them", error)
             self._exportable = False
@@ -343,7 +318,7 @@ def model_logits(
     output does not either."""
     if not trained_on_frozen_features(meta) or not len(split):
         return predict_logits(model, split, batch_size, device).numpy()
-    features = split_features(FrozenBackbone(model, device), split, cache, name=name)
+    features = split_features(FrozenBackbone(model, device, cache), split, cache, name=name)
     head = model.net.get_classifier().eval()
     logits = [
         head(torch.from_numpy(features[start : start + batch_size]).to(device)).float().cpu()

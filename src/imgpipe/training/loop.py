@@ -366,7 +366,7 @@ def _what_trains(
     if config.finetune == "lp-ft":
         # One unaugmented view: the same cache entry as finetune: head with feature_views 1.
         views, val_features = cached_features(
-            FrozenBackbone(network, device),
+            FrozenBackbone(network, device, feature_cache),
             train,
             val,
             config.replace(feature_views=1),
@@ -384,7 +384,7 @@ def _what_trains(
 
         return network, ImageInputs(train), on_images, augment
     views, val_features = cached_features(
-        FrozenBackbone(network, device),
+        FrozenBackbone(network, device, feature_cache),
         train,
         val,
         config,
