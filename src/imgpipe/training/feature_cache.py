@@ -284,15 +284,22 @@ def embed(
 
 
 @torch.no_grad()
-def head_probabilities(
+def head_logits(
     head: torch.nn.Module, features: np.ndarray, batch_size: int, device: torch.device
 ) -> torch.Tensor:
+    """The classifier ``head`` on ``features`` (``N x D``), in batches, as float32 on the CPU."""
     head.eval()
     out = []
     for start in range(0, len(features), batch_size):
         chunk = torch.from_numpy(features[start : start + batch_size]).to(device)
-        out.append(head(chunk).float().softmax(1).cpu())
+        out.append(head(chunk).float().cpu())
     return torch.cat(out)
+
+
+def head_probabilities(
+    head: torch.nn.Module, features: np.ndarray, batch_size: int, device: torch.device
+) -> torch.Tensor:
+    return head_logits(head, features, batch_size, device).softmax(1)
 
 
 def trained_on_frozen_features(meta: ModelMeta) -> bool:
@@ -319,9 +326,4 @@ def model_logits(
     if not trained_on_frozen_features(meta) or not len(split):
         return predict_logits(model, split, batch_size, device).numpy()
     features = split_features(FrozenBackbone(model, device, cache), split, cache, name=name)
-    head = model.net.get_classifier().eval()
-    logits = [
-        head(torch.from_numpy(features[start : start + batch_size]).to(device)).float().cpu()
-        for start in range(0, len(features), batch_size)
-    ]
-    return torch.cat(logits).numpy()
+    return head_logits(model.net.get_classifier(), features, batch_size, device).numpy()
