@@ -4,8 +4,9 @@ Two stages need this graph: the frozen-feature cache (onnxruntime computes the f
 ``finetune: head``) and ``export-onnx`` (the served file is this graph with the classifier
 appended, :func:`with_linear_classifier`). torch's exporter takes about 16 s for
 EfficientNet-Lite0 on a 2-core CPU, so the graph is stored beside the feature cache, keyed by
-everything it is made of (:func:`backbone_fingerprint`, the image shape, the opset): after the
-audit exported it, a ``finetune: head`` model's export reads it instead of exporting again.
+everything it is made of (:func:`backbone_fingerprint`, the image shape, the opset, the
+exporter's package versions): after the audit exported it, a ``finetune: head`` model's export
+reads it instead of exporting again.
 Whether it was there never changes a byte: the exporter writes the same graph for the same
 backbone, and a missing entry is exported by the same code.
 """
@@ -16,6 +17,7 @@ import hashlib
 import json
 import logging
 import warnings
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +84,8 @@ def backbone_graph(
         "backbone": backbone_fingerprint(network),
         "shape": list(image_shape),
         "opset": opset,
-        "torch": torch.__version__,
+        # the exporter's own packages: another version may write another graph
+        "exporter": [version(package) for package in ("torch", "onnxscript", "onnx")],
     }
     key = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:32]
     path = cache / f"graph-{key}.onnx"
