@@ -92,4 +92,9 @@ def test_the_readme_photo_path_trains_evaluates_and_exports(tmp_path: Path) -> N
     for stage in ("calibrate", "evaluate"):
         dvc(repo, "repro", "--force", "--single-item", stage)
     assert {path: (repo / path).read_bytes() for path in scored} == written
-    assert len(list((repo / ".dvc/tmp/imgpipe/features").iterdir())) == 2  # val's and test's
+    assert len(list((repo / ".dvc/tmp/imgpipe/features").glob("split-*.npz"))) == 2  # val, test
+    # export-onnx read the backbone graph the audit exported; exported afresh, the same bytes.
+    exported = (repo / "models/model.onnx").read_bytes()
+    shutil.rmtree(repo / ".dvc/tmp/imgpipe/features")
+    dvc(repo, "repro", "--force", "--single-item", "export-onnx")
+    assert (repo / "models/model.onnx").read_bytes() == exported
