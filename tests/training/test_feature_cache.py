@@ -42,7 +42,7 @@ def test_a_network_the_exporter_refuses_falls_back_to_torch(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("unsupported operator")
+        raise torch.onnx.OnnxExporterError("unsupported operator")
 
     monkeypatch.setattr(torch.onnx, "export", refuse)
     images = make_split(4).images
@@ -55,6 +55,17 @@ def test_a_network_the_exporter_refuses_falls_back_to_torch(
         "frozen features: ONNX export failed (unsupported operator); torch computes them"
     ]
     assert np.array_equal(features, embed(network(), images, CPU))
+
+
+def test_an_error_that_is_not_the_exporters_refusal_is_raised(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise TypeError("export() missing 1 required positional argument")
+
+    monkeypatch.setattr(torch.onnx, "export", broken)
+    with pytest.raises(TypeError, match="missing 1 required"):
+        FrozenBackbone(network(), CPU).features(make_split(4).images)
 
 
 def test_the_engine_is_part_of_the_key(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,7 +23,7 @@ from imgpipe.errors import ImgpipeError
 from imgpipe.runtime.onnx_model import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, open_session
 from imgpipe.training.backbone_graph import (
     backbone_graph,
-    drop_stack_traces,
+    export_graph,
     with_linear_classifier,
 )
 from imgpipe.training.model import Classifier, ModelMeta
@@ -102,23 +102,10 @@ def export_onnx(
 def _export_whole(
     model: Classifier, meta: ModelMeta, opset: int, temperature: float
 ) -> onnx.ModelProto:
-    example = torch.zeros(2, meta.channels, meta.image_size, meta.image_size, dtype=torch.uint8)
-    batch = torch.export.Dim("batch", min=1)
-    program = torch.onnx.export(
-        CalibratedWithEmbedding(model, temperature).eval(),
-        (example,),
-        dynamo=True,
-        opset_version=opset,
-        input_names=[INPUT_NAME],
-        output_names=list(OUTPUT_NAMES),
-        dynamic_shapes=({0: batch},),
-        verbose=False,
+    shape = (meta.channels, meta.image_size, meta.image_size)
+    return export_graph(
+        CalibratedWithEmbedding(model, temperature), shape, opset, list(OUTPUT_NAMES)
     )
-    if program is None:  # only the legacy exporter returns None
-        raise ImgpipeError("torch.onnx.export returned no program")
-    proto = program.model_proto
-    drop_stack_traces(proto)
-    return proto
 
 
 CALIBRATION_KEYS = (

@@ -26,6 +26,7 @@ import torch
 from onnx import helper, numpy_helper
 from torch import nn
 
+from imgpipe.errors import ImgpipeError
 from imgpipe.io import atomic_path
 from imgpipe.runtime.onnx_model import INPUT_NAME, OUTPUT_NAMES
 from imgpipe.training.model import Classifier
@@ -102,21 +103,30 @@ def backbone_graph(
 
 
 def _export(network: Classifier, image_shape: tuple[int, int, int], opset: int) -> onnx.ModelProto:
+    return export_graph(_Embedding(network), image_shape, opset, [EMBEDDING])
+
+
+def export_graph(
+    module: nn.Module, image_shape: tuple[int, int, int], opset: int, output_names: list[str]
+) -> onnx.ModelProto:
+    """``module`` (from ``uint8`` images, ``image_shape`` = ``(C, H, W)``) exported by torch's
+    dynamo exporter with a dynamic batch axis and without the stack traces: the one export call
+    of the backbone graph and of a model exported whole."""
     example = torch.zeros(2, *image_shape, dtype=torch.uint8)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation chatter
         program = torch.onnx.export(
-            _Embedding(network).eval(),
+            module.eval(),
             (example,),
             dynamo=True,
             opset_version=opset,
             input_names=[INPUT_NAME],
-            output_names=[EMBEDDING],
+            output_names=output_names,
             dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
             verbose=False,
         )
     if program is None:  # only the legacy exporter returns None
-        raise RuntimeError("torch.onnx.export returned no program")
+        raise ImgpipeError("torch.onnx.export returned no program")
     proto = program.model_proto
     drop_stack_traces(proto)
     return proto

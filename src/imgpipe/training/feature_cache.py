@@ -39,6 +39,7 @@ import torch
 from tqdm import tqdm
 
 from imgpipe.data.splits import SplitArrays
+from imgpipe.errors import ImgpipeError
 from imgpipe.io import atomic_path, file_sha256
 from imgpipe.training.backbone_graph import backbone_fingerprint, backbone_graph
 from imgpipe.training.distributed import Processes, wait_for_every_process
@@ -252,7 +253,9 @@ class FrozenBackbone:
             shape_chw = (channels, height, width)
             graph = backbone_graph(self.network, shape_chw, GRAPH_OPSET, self.graphs, keep=True)
             proto = graph.SerializeToString()
-        except Exception as error:  # whatever the exporter cannot take: torch computes instead
+        except (torch.onnx.OnnxExporterError, ImgpipeError) as error:
+            # a network the exporter cannot take: torch computes instead (any other error is a
+            # bug, and falling back would hide it behind slower features)
             log.warning("frozen features: ONNX export failed (%s); torch computes them", error)
             self._exportable = False
             return False
