@@ -82,3 +82,22 @@ def test_a_model_without_a_linear_classifier_is_exported_whole(tmp_path: Path) -
     assert not cache.exists()
     images = make_split(4).images
     assert check_parity(tmp_path / "m.onnx", model, images, 1e-4).prediction_agreement == 1.0
+
+
+def test_the_exporter_sees_the_activations_out_of_place_and_they_are_switched_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = network()
+    in_place = [m for m in model.modules() if getattr(m, "inplace", None) is True]
+    assert in_place  # timm's ResNet: ReLU(inplace=True)
+    seen: list[bool] = []
+    real_export = torch.onnx.export
+
+    def spy(module: torch.nn.Module, *args: object, **kwargs: object) -> object:
+        seen.extend(getattr(m, "inplace") for m in in_place)  # noqa: B009
+        return real_export(module, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(torch.onnx, "export", spy)
+    export_onnx(model, META, tmp_path / "model.onnx", 18, {})
+    assert seen and not any(seen)  # the exporter traced out-of-place activations
+    assert all(getattr(m, "inplace") for m in in_place)  # noqa: B009  # and the network is as it was

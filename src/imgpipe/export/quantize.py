@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -28,6 +28,10 @@ from imgpipe.data.splits import SplitArrays, load_split
 from imgpipe.evaluation.calibration import calibration
 from imgpipe.io import atomic_path
 from imgpipe.runtime.onnx_model import INPUT_NAME, METADATA_KEY, OnnxClassifier
+
+if TYPE_CHECKING:
+    from onnxruntime.quantization import CalibrationDataReader
+    from onnxruntime.quantization.calibrate import TensorsData
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +128,7 @@ def quantize_int8(fp32: Path, destination: Path, calibration: np.ndarray) -> Non
         QuantType,
         quantize_static,
     )
+    from onnxruntime.quantization.calibrate import save_tensors_data
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Batches(CalibrationDataReader):  # type: ignore[misc]
@@ -140,24 +145,50 @@ def quantize_int8(fp32: Path, destination: Path, calibration: np.ndarray) -> Non
         tempfile.TemporaryDirectory(prefix="imgpipe-int8-") as scratch,
         _quiet_onnxruntime() as hidden,
     ):
-        prepared = Path(scratch) / "prepared.onnx"
+        prepared, ranges = Path(scratch) / "prepared.onnx", Path(scratch) / "ranges.json"
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        save_tensors_data(_activation_ranges(prepared, Batches(), Path(scratch)), ranges)
         # The first convolution stays float: it sees the raw pixel scale, costs little, and
         # quantising it cost the default model 2 of 500 validation images.
         first_conv = next(n.name for n in onnx.load(prepared).graph.node if n.op_type == "Conv")
         quantize_static(
             prepared,
             destination,
-            Batches(),
+            None,  # the ranges come from calibration_cache_path
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             nodes_to_exclude=[first_conv],
+            calibration_cache_path=ranges,
         )
     hidden_note = f" ({hidden.count} onnxruntime log lines left out)" if hidden.count else ""
     log.info("int8: quantised on %d calibration images%s", len(calibration), hidden_note)
     _carry_metadata(fp32, destination, len(calibration))
+
+
+def _activation_ranges(model: Path, batches: CalibrationDataReader, scratch: Path) -> TensorsData:
+    """Every float tensor's min/max over ``batches``, by onnxruntime's own MinMax calibrator,
+    with the graph optimisations on: quantize_static runs it with them all off, which took
+    EfficientNet-Lite0 13.5 s instead of 6.9 s for 256 images on a 2-core CPU. The optimiser
+    keeps what the calibrator reads (each range is a graph output), so only the kernels that
+    compute the tensors change: the ranges moved by at most 2.3e-6 of their size."""
+    import onnxruntime as ort
+    from onnxruntime.quantization.calibrate import MinMaxCalibrater
+
+    class OptimisedMinMax(MinMaxCalibrater):  # type: ignore[misc]
+        def create_inference_session(self) -> None:
+            self.infer_session = ort.InferenceSession(
+                self.augmented_model_path,
+                sess_options=ort.SessionOptions(),
+                providers=self.execution_providers,
+            )
+
+    calibrator = OptimisedMinMax(model, augmented_model_path=str(scratch / "augmented.onnx"))
+    calibrator.augment_graph()
+    calibrator.create_inference_session()
+    calibrator.collect_data(batches)
+    return calibrator.compute_data()
 
 
 class _Hidden(logging.Filter):

@@ -13,10 +13,12 @@ backbone, and a missing entry is exported by the same code.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import warnings
+from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
 
@@ -34,7 +36,7 @@ from imgpipe.training.model import Classifier
 log = logging.getLogger(__name__)
 
 EMBEDDING = OUTPUT_NAMES[1]
-GRAPH_FORMAT = 1  # part of the key: bump when the graph's making changes
+GRAPH_FORMAT = 2  # part of the key: bump when the graph's making changes
 
 
 class _Embedding(nn.Module):
@@ -113,7 +115,7 @@ def export_graph(
     dynamo exporter with a dynamic batch axis and without the stack traces: the one export call
     of the backbone graph and of a model exported whole."""
     example = torch.zeros(2, *image_shape, dtype=torch.uint8)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _out_of_place(module):
         warnings.simplefilter("ignore")  # the exporter's deprecation chatter
         program = torch.onnx.export(
             module.eval(),
@@ -130,6 +132,22 @@ def export_graph(
     proto = program.model_proto
     drop_stack_traces(proto)
     return proto
+
+
+@contextlib.contextmanager
+def _out_of_place(module: nn.Module) -> Iterator[None]:
+    """``module``'s in-place activations (``ReLU6(inplace=True)`` and the like) computed out of
+    place while it is exported, then switched back. The outputs are the same, but the exporter
+    decomposes an in-place op through symbolic shapes: EfficientNet-Lite0's 33 of them made its
+    export take 14 s instead of 9 s on a 2-core CPU."""
+    switched = [m for m in module.modules() if getattr(m, "inplace", None) is True]
+    for activation in switched:
+        setattr(activation, "inplace", False)  # noqa: B010 (nn.Module types it as a tensor)
+    try:
+        yield
+    finally:
+        for activation in switched:
+            setattr(activation, "inplace", True)  # noqa: B010
 
 
 def drop_stack_traces(proto: onnx.ModelProto) -> None:
