@@ -141,6 +141,13 @@ class ParityReport:
     onnxruntime_ms_per_image: float
 
 
+def _channels_last(images: np.ndarray) -> torch.Tensor:
+    """``N x C x H x W`` images laid out channels-last, which makes torch's CPU convolutions
+    take oneDNN's faster path (EfficientNet-Lite0 at 224 px on 2 cores: 28 against 45 ms per
+    image) for the same outputs up to float rounding (2.4e-6 here), the model left as it is."""
+    return torch.from_numpy(images).contiguous(memory_format=torch.channels_last)
+
+
 def check_parity(
     onnx_path: Path,
     model: Classifier,
@@ -164,7 +171,7 @@ def check_parity(
     with torch.no_grad():
         started = time.perf_counter()
         calibrated = CalibratedWithEmbedding(model, temperature).eval()
-        outputs = [calibrated(torch.from_numpy(batch[i : i + PARITY_BATCH])) for i in chunks]
+        outputs = [calibrated(_channels_last(batch[i : i + PARITY_BATCH])) for i in chunks]
         reference = [torch.cat(parts).numpy() for parts in zip(*outputs, strict=True)]
         torch_seconds = time.perf_counter() - started
     started = time.perf_counter()
