@@ -75,6 +75,7 @@ def main() -> None:
         calibration_images=p.calibration_images,
         max_drop=p.int8_max_drop,
         max_ece_rise=p.int8_max_ece_rise,
+        float_convolutions=p.int8_float_convolutions,
     )
     write_json(
         args.metrics,

@@ -102,6 +102,7 @@ class ExportParams(FrozenSettings):
     calibration_images: int = Field(ge=1)
     int8_max_drop: float = Field(ge=0, le=1)
     int8_max_ece_rise: float = Field(ge=0, le=1)
+    int8_float_convolutions: int = Field(ge=0)
 
 
 class DriftBaselineParams(FrozenSettings):

@@ -91,3 +91,31 @@ def test_onnxruntime_s_quantiser_logs_one_summary_line(
     root = logging.getLogger()
     for holder in (root, *root.handlers):  # the filter is gone again
         assert not [f for f in holder.filters if type(f).__name__ == "_Hidden"]
+
+
+def test_the_first_n_convolutions_stay_float(
+    tiny_model: tuple[Classifier, ModelMeta], tmp_path: Path
+) -> None:
+    import onnx
+
+    from imgpipe.export.onnx import export_onnx
+
+    fp32 = tmp_path / "model.onnx"
+    export_onnx(tiny_model[0], tiny_model[1], fp32, opset=18, provenance={})
+    calibration = make_split(8, seed=3).images
+
+    def quantised_convolutions(float_convolutions: int) -> list[bool]:
+        """For each Conv in graph order: whether its weights come through a DequantizeLinear."""
+        path = tmp_path / f"int8-{float_convolutions}.onnx"
+        quantize_int8(fp32, path, calibration, float_convolutions)
+        graph = onnx.load(path).graph
+        dequantised = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+        meta = read_onnx_metadata(path)["quantization"]
+        assert meta["float"] == {0: "none", 1: "first convolution"}.get(
+            float_convolutions, f"first {float_convolutions} convolutions"
+        )
+        return [n.input[1] in dequantised for n in graph.node if n.op_type == "Conv"]
+
+    assert all(quantised_convolutions(0))
+    two_float = quantised_convolutions(2)
+    assert len(two_float) > 2 and two_float[:2] == [False, False] and all(two_float[2:])
