@@ -61,6 +61,27 @@ def test_same_seed_gives_identical_weights_and_another_seed_does_not() -> None:
     )
 
 
+def test_the_whole_network_trains_channels_last_on_the_cpu_and_the_head_alone_as_built() -> None:
+    """oneDNN's CPU convolutions are faster channels-last; the frozen backbone of finetune:
+    head keeps its layout (its exported graph is cached under a layout-blind fingerprint)."""
+    convolutions = [
+        module.weight
+        for module in run(seed=0).model.modules()
+        if isinstance(module, torch.nn.Conv2d) and module.weight.dim() == 4
+    ]
+    assert convolutions
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convolutions)
+    assert any(not w.is_contiguous() for w in convolutions)
+    head = train_classifier(
+        make_split(24, seed=1), make_split(8, seed=2), train_config(finetune="head", epochs=2)
+    )
+    assert all(
+        module.weight.is_contiguous()
+        for module in head.model.modules()
+        if isinstance(module, torch.nn.Conv2d)
+    )
+
+
 class CrashError(Exception):
     pass
 

@@ -1,3 +1,4 @@
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,18 @@ def test_checkpoint_round_trip_carries_everything(
         logits, embedding = loaded.forward_with_embedding(images)
     torch.testing.assert_close(logits, model(images))
     assert embedding.shape[0] == 3
+
+
+def test_a_channels_last_network_saves_the_same_bytes_as_one_as_built(
+    tiny_model: tuple[Classifier, ModelMeta], tmp_path: Path
+) -> None:
+    model, meta = tiny_model
+    channels_last = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    for folder, network in (("built", model), ("channels_last", channels_last)):
+        (tmp_path / folder).mkdir()
+        save_checkpoint(tmp_path / folder / "model.pt", network, meta)
+    built, other = (tmp_path / f / "model.pt" for f in ("built", "channels_last"))
+    assert built.read_bytes() == other.read_bytes()
 
 
 def test_unknown_architecture_is_named() -> None:

@@ -149,7 +149,12 @@ def channel_statistics(images: Any, chunk: int = 256) -> tuple[list[float], list
 
 def save_checkpoint(path: Path, model: Classifier, meta: ModelMeta) -> None:
     """Write weights and metadata to one file, atomically."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    # In the usual layout (the strides too): a network trained channels-last saves the same
+    # bytes as one trained as built.
+    state = {
+        k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
+        for k, v in model.state_dict().items()
+    }
     with atomic_path(path) as temporary:
         torch.save(
             {"format": CHECKPOINT_FORMAT, "meta": meta.to_dict(), "state_dict": state}, temporary
