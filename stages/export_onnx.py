@@ -3,7 +3,8 @@ embedded, calibrate's temperature folded into its logits and its operating point
 metadata) and fail unless onnxruntime reproduces torch's outputs within export.tolerance; with
 export.int8, also a static int8 model, calibrated on training images, kept only when its
 validation accuracy is within export.int8_max_drop of the fp32 model's and its validation ECE
-within export.int8_max_ece_rise."""
+within export.int8_max_ece_rise (with export.int8_float_convolutions auto, the fewest float
+convolutions that pass)."""
 
 import argparse
 import logging

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
@@ -102,7 +102,7 @@ class ExportParams(FrozenSettings):
     calibration_images: int = Field(ge=1)
     int8_max_drop: float = Field(ge=0, le=1)
     int8_max_ece_rise: float = Field(ge=0, le=1)
-    int8_float_convolutions: int = Field(ge=0)
+    int8_float_convolutions: Annotated[int, Field(ge=0)] | Literal["auto"]
 
 
 class DriftBaselineParams(FrozenSettings):

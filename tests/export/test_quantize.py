@@ -4,15 +4,24 @@ and the calibration draw it rests on."""
 import copy
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from imgpipe.export.quantize import calibration_rows, export_int8, quantize_int8
+import imgpipe.export.quantize
+from imgpipe.export.quantize import (
+    calibration_rows,
+    export_int8,
+    float_convolution_tries,
+    quantize_int8,
+)
 from imgpipe.runtime.onnx_model import read_onnx_metadata
 from imgpipe.training.model import Classifier, ModelMeta
 from tests.conftest import make_split
+
+GATE: dict[str, Any] = {"max_drop": 1.0, "max_ece_rise": 1.0, "float_convolutions": 1}
 
 
 @pytest.fixture
@@ -40,7 +49,7 @@ def test_int8_off_writes_an_empty_folder_without_reading_the_training_split(
     val = make_split(4, seed=2)
     missing = tmp_path / "no-train"
     result = export_int8(
-        tiny_onnx, folder, missing, val, enabled=False, calibration_images=8, max_drop=0.0
+        tiny_onnx, folder, missing, val, enabled=False, calibration_images=8, **GATE
     )
     assert result == {"int8": "off"} and list(folder.iterdir()) == []
 
@@ -50,14 +59,20 @@ def test_the_gate_writes_a_good_int8_model_and_refuses_one_past_the_limit(
 ) -> None:
     val, folder = make_split(10, seed=2), tmp_path / "int8"
     kept = export_int8(
-        tiny_onnx, folder, train_folder, val, enabled=True, calibration_images=16, max_drop=1.0
+        tiny_onnx, folder, train_folder, val, enabled=True, calibration_images=16, **GATE
     )
     assert kept["int8"] == "written" and kept["int8_calibration_images"] == 16
     assert kept["int8_size_bytes"] == (folder / "model.onnx").stat().st_size
     assert read_onnx_metadata(folder / "model.onnx")["quantization"]["calibration_images"] == 16
     with caplog.at_level(logging.WARNING):  # a drop of 0 is still more than -1
         refused = export_int8(
-            tiny_onnx, folder, train_folder, val, enabled=True, calibration_images=16, max_drop=-1
+            tiny_onnx,
+            folder,
+            train_folder,
+            val,
+            enabled=True,
+            calibration_images=16,
+            **(GATE | {"max_drop": -1}),
         )
     assert refused["int8"] == "rejected" and "int8_size_bytes" not in refused
     assert {k: v for k, v in refused.items() if k != "int8"} == {
@@ -119,3 +134,47 @@ def test_the_first_n_convolutions_stay_float(
     assert all(quantised_convolutions(0))
     two_float = quantised_convolutions(2)
     assert len(two_float) > 2 and two_float[:2] == [False, False] and all(two_float[2:])
+
+
+def test_auto_tries_1_2_4_up_to_half_the_convolutions() -> None:
+    assert float_convolution_tries("auto", 20) == [1, 2, 4, 8]
+    assert float_convolution_tries("auto", 4) == [1, 2]
+    assert float_convolution_tries("auto", 3) == [1]  # one try at least
+    assert float_convolution_tries(5, 20) == [5]
+
+
+def test_auto_keeps_the_fewest_float_convolutions_that_pass_the_gate(
+    tiny_onnx: Path,
+    train_folder: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The real quantisation and scoring; the gate refuses the first try (one float
+    convolution), so the second (two) is written, and the metrics say which."""
+    verdicts = iter(["refused: one float convolution", None])
+    gate = imgpipe.export.quantize.rejection
+    monkeypatch.setattr(imgpipe.export.quantize, "rejection", lambda *a: gate(*a) or next(verdicts))
+    val, folder = make_split(10, seed=2), tmp_path / "int8"
+    settings = GATE | {"float_convolutions": "auto"}
+    with caplog.at_level(logging.INFO):
+        kept = export_int8(
+            tiny_onnx, folder, train_folder, val, enabled=True, calibration_images=16, **settings
+        )
+    assert kept["int8"] == "written" and kept["int8_float_convolutions"] == 2
+    quantization = read_onnx_metadata(folder / "model.onnx")["quantization"]
+    assert quantization["float"] == "first 2 convolutions"
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("int8 with first convolution float: val accuracy") for m in messages)
+    assert sum(m.startswith("int8: quantised on 16 calibration images") for m in messages) == 1
+
+    verdicts = iter(["refused"] * 8)  # every try refused: the warning names them
+    with caplog.at_level(logging.WARNING):
+        caplog.clear()
+        refused = export_int8(
+            tiny_onnx, folder, train_folder, val, enabled=True, calibration_images=16, **settings
+        )
+    assert refused["int8"] == "rejected" and list(folder.iterdir()) == []
+    [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    # test_resnet: 1, 2 and 4 are at most half of its convolutions
+    assert warning.endswith("(export.int8_float_convolutions auto tried [1, 2, 4])")

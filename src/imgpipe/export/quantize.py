@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import onnx
@@ -62,8 +62,8 @@ def export_int8(
     enabled: bool,
     calibration_images: int,
     max_drop: float,
-    max_ece_rise: float = 1.0,
-    float_convolutions: int = 1,
+    max_ece_rise: float,
+    float_convolutions: int | Literal["auto"],
 ) -> dict[str, Any]:
     """Write the int8 model of ``fp32`` as ``folder``/model.onnx when ``enabled`` and it passes
     the accuracy gate (:func:`rejection`); ``folder`` is left empty otherwise. A refused int8
@@ -80,7 +80,8 @@ def export_int8(
         calibration_images: export.calibration_images.
         max_drop: export.int8_max_drop, the validation accuracy int8 may lose.
         max_ece_rise: export.int8_max_ece_rise, the validation ECE int8 may add.
-        float_convolutions: export.int8_float_convolutions (:func:`quantize_int8`).
+        float_convolutions: export.int8_float_convolutions (:func:`quantize_int8`), or
+            ``auto``: the fewest of :func:`float_convolution_tries` that pass the gate.
 
     Returns:
         What goes into metrics/export.json: ``int8`` is ``off``, ``rejected`` or ``written``.
@@ -92,26 +93,53 @@ def export_int8(
         images = load_split(train).images
         rows = calibration_rows(len(images), calibration_images)
         candidate = temporary / "model.onnx"
-        quantize_int8(fp32, candidate, images[rows], float_convolutions)
-        report = compare_int8(fp32, candidate, val.images, val.labels, len(rows))
-        refused = rejection(report, max_drop, max_ece_rise, folder / "model.onnx")
+        fp32_scores = score(fp32, val.images)
+        with Int8Quantiser(fp32, images[rows]) as quantiser:
+            tries = float_convolution_tries(float_convolutions, quantiser.convolutions)
+            for count in tries:
+                quantiser.write(candidate, count)
+                report = compare_int8(fp32_scores, score(candidate, val.images), val, len(rows))
+                refused = rejection(report, max_drop, max_ece_rise, folder / "model.onnx")
+                if not refused:
+                    break
+                log.info("int8 with %s float: %s", _float_part(count), _gate_figures(report))
         if refused:
             candidate.unlink()
+            if len(tries) > 1:
+                refused += f" (export.int8_float_convolutions auto tried {tries})"
             log.warning(refused)
-            return {"int8": "rejected", **summary(report)}
+            return {"int8": "rejected", **summary(report, count)}
         size = candidate.stat().st_size
     log.info(
-        "int8: val accuracy %.4f (fp32 %.4f), ECE %.4f (fp32 %.4f), agreement %.4f; "
-        "%.3f ms vs %.3f ms per image",
-        report.int8_accuracy,
-        report.fp32_accuracy,
-        report.int8_ece,
-        report.fp32_ece,
-        report.agreement,
+        "int8 with %s float: %s; %.3f ms vs %.3f ms per image",
+        _float_part(count),
+        _gate_figures(report),
         report.int8_ms_per_image,
         report.fp32_ms_per_image,
     )
-    return {"int8": "written", "int8_size_bytes": size, **summary(report)}
+    return {"int8": "written", "int8_size_bytes": size, **summary(report, count)}
+
+
+def float_convolution_tries(
+    float_convolutions: int | Literal["auto"], convolutions: int
+) -> list[int]:
+    """How many leading convolutions each int8 try leaves float: the number given, or for
+    ``auto`` 1, 2, 4, ... up to half the network's ``convolutions`` (at least one try: beyond
+    half, int8 would hardly be faster than fp32)."""
+    if float_convolutions != "auto":
+        return [float_convolutions]
+    tries = [1]
+    while tries[-1] * 2 <= convolutions // 2:
+        tries.append(tries[-1] * 2)
+    return tries
+
+
+def _gate_figures(report: Int8Report) -> str:
+    return (
+        f"val accuracy {report.int8_accuracy:.4f} (fp32 {report.fp32_accuracy:.4f}), "
+        f"ECE {report.int8_ece:.4f} (fp32 {report.fp32_ece:.4f}), "
+        f"agreement {report.agreement:.4f}"
+    )
 
 
 def calibration_rows(available: int, wanted: int, seed: int = CALIBRATION_SEED) -> np.ndarray:
@@ -126,7 +154,14 @@ def quantize_int8(
 ) -> None:
     """Write the U8S8 QDQ model of ``fp32`` to ``destination`` (one file), calibrated on
     ``calibration`` (``N x H x W x C`` uint8), its first ``float_convolutions`` convolutions
-    left float.
+    left float (:class:`Int8Quantiser`)."""
+    with Int8Quantiser(fp32, calibration) as quantiser:
+        quantiser.write(destination, float_convolutions)
+
+
+class Int8Quantiser:
+    """Calibrates ``fp32`` once on ``calibration`` (``N x H x W x C`` uint8), then writes its
+    U8S8 QDQ model with any number of leading convolutions left float (:meth:`write`).
 
     The early convolutions see the widest-ranging activations at the highest resolution, so
     they lose the most to int8, and cost the most time when kept float. The first one sees the
@@ -134,15 +169,63 @@ def quantize_int8(
     5,000 photos, EfficientNet-Lite0's top-1 agreement with fp32 on val and test rose from
     0.989 with 1 float convolution to 0.992 (2), 0.996 (6) and 0.997 (8), while its time per
     image went from 3.7 ms to 4.2-5.4 ms (fp32: about 7 ms); more calibration images (1,024)
-    or percentile or entropy calibration left it at 0.989-0.991."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.calibrate import save_tensors_data
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    or percentile or entropy calibration left it at 0.989-0.991. The activation ranges do not
+    depend on which nodes stay float, so every :meth:`write` reuses the one calibration."""
+
+    def __init__(self, fp32: Path, calibration: np.ndarray) -> None:
+        self.fp32, self.calibration = fp32, calibration
+        self._stack = contextlib.ExitStack()
+        self.convolutions = 0
+
+    def __enter__(self) -> Int8Quantiser:
+        try:
+            self._calibrate()
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def _calibrate(self) -> None:
+        from onnxruntime.quantization.calibrate import save_tensors_data
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        scratch = Path(self._stack.enter_context(tempfile.TemporaryDirectory(prefix="imgpipe-")))
+        self._hidden = self._stack.enter_context(_quiet_onnxruntime())
+        self._prepared, self._ranges = scratch / "prepared.onnx", scratch / "ranges.json"
+        quant_pre_process(str(self.fp32), str(self._prepared), skip_symbolic_shape=True)
+        save_tensors_data(
+            _activation_ranges(self._prepared, _batches(self.calibration), scratch), self._ranges
+        )
+        graph = onnx.load(self._prepared).graph
+        self._convolutions = [n.name for n in graph.node if n.op_type == "Conv"]
+        self.convolutions = len(self._convolutions)
+
+    def write(self, destination: Path, float_convolutions: int) -> None:
+        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+        quantize_static(
+            self._prepared,
+            destination,
+            None,  # the ranges come from calibration_cache_path
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=self._convolutions[:float_convolutions],
+            calibration_cache_path=self._ranges,
+        )
+        _carry_metadata(self.fp32, destination, len(self.calibration), float_convolutions)
+
+    def __exit__(self, *error: object) -> None:
+        self._stack.close()
+        hidden = self._hidden.count
+        note = f" ({hidden} onnxruntime log lines left out)" if hidden else ""
+        log.info("int8: quantised on %d calibration images%s", len(self.calibration), note)
+
+
+def _batches(calibration: np.ndarray) -> CalibrationDataReader:
+    """``calibration`` in batches of about 32, as the calibrator reads them."""
+    from onnxruntime.quantization import CalibrationDataReader
 
     class Batches(CalibrationDataReader):  # type: ignore[misc]
         def __init__(self) -> None:
@@ -154,28 +237,7 @@ def quantize_int8(
                 return None
             return {INPUT_NAME: np.ascontiguousarray(batch.transpose(0, 3, 1, 2))}
 
-    with (
-        tempfile.TemporaryDirectory(prefix="imgpipe-int8-") as scratch,
-        _quiet_onnxruntime() as hidden,
-    ):
-        prepared, ranges = Path(scratch) / "prepared.onnx", Path(scratch) / "ranges.json"
-        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-        save_tensors_data(_activation_ranges(prepared, Batches(), Path(scratch)), ranges)
-        convolutions = [n.name for n in onnx.load(prepared).graph.node if n.op_type == "Conv"]
-        quantize_static(
-            prepared,
-            destination,
-            None,  # the ranges come from calibration_cache_path
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            nodes_to_exclude=convolutions[:float_convolutions],
-            calibration_cache_path=ranges,
-        )
-    hidden_note = f" ({hidden.count} onnxruntime log lines left out)" if hidden.count else ""
-    log.info("int8: quantised on %d calibration images%s", len(calibration), hidden_note)
-    _carry_metadata(fp32, destination, len(calibration), float_convolutions)
+    return Batches()
 
 
 def _activation_ranges(model: Path, batches: CalibrationDataReader, scratch: Path) -> TensorsData:
@@ -260,28 +322,37 @@ def _float_part(float_convolutions: int) -> str:
     return f"first {float_convolutions} convolutions"
 
 
+@dataclass(frozen=True)
+class Scores:
+    probabilities: np.ndarray
+    ms_per_image: float
+
+
+def score(model: Path, images: np.ndarray) -> Scores:
+    """The ONNX ``model``'s probabilities for ``images`` and its time per image (after a
+    warm-up batch)."""
+    classifier = OnnxClassifier(model)
+    classifier.run(images[:LATENCY_BATCH], LATENCY_BATCH)  # warm-up
+    started = time.perf_counter()
+    probabilities, _ = classifier.run(images, LATENCY_BATCH)
+    return Scores(probabilities, 1000 * (time.perf_counter() - started) / max(1, len(images)))
+
+
 def compare_int8(
-    fp32: Path, int8: Path, images: np.ndarray, labels: np.ndarray, calibration_images: int
+    fp32: Scores, int8: Scores, split: SplitArrays, calibration_images: int
 ) -> Int8Report:
-    """Both models on ``images``: accuracy, calibration error, top-1 agreement and time per
-    image."""
-    results: list[tuple[np.ndarray, float]] = []
-    for path in (fp32, int8):
-        classifier = OnnxClassifier(path)
-        classifier.run(images[:LATENCY_BATCH], LATENCY_BATCH)  # warm-up
-        started = time.perf_counter()
-        probabilities, _ = classifier.run(images, LATENCY_BATCH)
-        results.append((probabilities, time.perf_counter() - started))
-    (fp32_p, fp32_s), (int8_p, int8_s) = results
-    fp32_top, int8_top = fp32_p.argmax(1), int8_p.argmax(1)
+    """Both models' scores on ``split``: accuracy, calibration error, top-1 agreement and time
+    per image."""
+    labels = split.labels
+    fp32_top, int8_top = fp32.probabilities.argmax(1), int8.probabilities.argmax(1)
     return Int8Report(
         fp32_accuracy=float((fp32_top == labels).mean()),
         int8_accuracy=float((int8_top == labels).mean()),
-        fp32_ece=calibration(labels, fp32_p)[0],
-        int8_ece=calibration(labels, int8_p)[0],
+        fp32_ece=calibration(labels, fp32.probabilities)[0],
+        int8_ece=calibration(labels, int8.probabilities)[0],
         agreement=float((fp32_top == int8_top).mean()),
-        fp32_ms_per_image=1000 * fp32_s / len(images),
-        int8_ms_per_image=1000 * int8_s / len(images),
+        fp32_ms_per_image=fp32.ms_per_image,
+        int8_ms_per_image=int8.ms_per_image,
         calibration_images=calibration_images,
     )
 
@@ -312,10 +383,11 @@ def rejection(report: Int8Report, max_drop: float, max_ece_rise: float, path: Pa
     return None
 
 
-def summary(report: Int8Report) -> dict[str, Any]:
+def summary(report: Int8Report, float_convolutions: int) -> dict[str, Any]:
     """What goes into metrics/export.json (timings vary run to run: they are logged)."""
     return {
         "int8_calibration_images": report.calibration_images,
+        "int8_float_convolutions": float_convolutions,
         "int8_val_accuracy": round(report.int8_accuracy, 6),
         "fp32_val_accuracy": round(report.fp32_accuracy, 6),
         "int8_val_ece": report.int8_ece,
