@@ -175,7 +175,7 @@ class Int8Quantiser:
     def __init__(self, fp32: Path, calibration: np.ndarray) -> None:
         self.fp32, self.calibration = fp32, calibration
         self._stack = contextlib.ExitStack()
-        self.convolutions = 0
+        self._convolutions: list[str] = []
 
     def __enter__(self) -> Int8Quantiser:
         try:
@@ -198,7 +198,11 @@ class Int8Quantiser:
         )
         graph = onnx.load(self._prepared).graph
         self._convolutions = [n.name for n in graph.node if n.op_type == "Conv"]
-        self.convolutions = len(self._convolutions)
+
+    @property
+    def convolutions(self) -> int:
+        """How many convolutions the network has (known once calibrated)."""
+        return len(self._convolutions)
 
     def write(self, destination: Path, float_convolutions: int) -> None:
         from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
