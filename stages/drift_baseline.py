@@ -28,7 +28,7 @@ def main() -> None:
     splits = [load_split(args.data / name).images for name in ("train", "val")]
     images = sample_images(splits, p.sample_size, p.seed)
     classifier = OnnxClassifier(args.onnx)
-    table = feature_table(classifier, images)
+    table = feature_table(classifier, images, progress="drift reference")
     with atomic_path(args.out) as temporary:
         table.to_parquet(temporary, index=False)
     write_json(args.summary, baseline_summary(table, classifier.classes))

@@ -1,11 +1,17 @@
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
+import pytest
 
 from imgpipe.monitoring.features import (
     STATISTICS_CHUNK,
     baseline_summary,
+    feature_table,
     image_statistics,
     sample_images,
 )
+from imgpipe.runtime.onnx_model import OnnxClassifier
 
 
 def test_statistics_move_with_inversion_and_blur() -> None:
@@ -77,3 +83,17 @@ def test_summary_counts_predicted_shares() -> None:
         "0.25": 0.625,
         "0.5": 0.75,
     }
+
+
+def test_a_reference_table_shows_its_progress_and_is_the_same_table(
+    tiny_onnx: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # more than a chunk of the bar, which must not change the batches the model sees
+    images = np.random.default_rng(2).integers(0, 256, (300, 32, 32, 1), dtype=np.uint8)
+    classifier = OnnxClassifier(tiny_onnx)
+    quiet = feature_table(classifier, images)
+    assert "drift reference" not in capsys.readouterr().err
+    shown = feature_table(classifier, images, progress="drift reference")
+    shown_err = capsys.readouterr().err
+    assert "drift reference: 100%" in shown_err and "300/300" in shown_err
+    pd.testing.assert_frame_equal(shown, quiet)

@@ -21,6 +21,7 @@ STATISTIC_COLUMNS = ("brightness", "contrast", "sharpness", "dark_fraction", "br
 # a model growing unsure shows first in its least confident images.
 CONFIDENCE_QUANTILES = (0.05, 0.1, 0.25, 0.5)
 STATISTICS_CHUNK = 16  # images per pass of image_statistics
+PROGRESS_CHUNK = 256  # images per step of a progress bar: whole batches of OnnxClassifier.run
 
 
 def image_statistics(images: np.ndarray) -> dict[str, np.ndarray]:
@@ -58,11 +59,14 @@ def _statistics(images: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def feature_table(classifier: OnnxClassifier, images: np.ndarray) -> pd.DataFrame:
-    """One row per image: statistics, predicted class, confidence and ``emb_*`` columns."""
+def feature_table(
+    classifier: OnnxClassifier, images: np.ndarray, progress: str | None = None
+) -> pd.DataFrame:
+    """One row per image: statistics, predicted class, confidence and ``emb_*`` columns;
+    ``progress`` names a progress bar over the images (none by default)."""
     import pandas as pd  # here, not above: the service uses this module and not pandas
 
-    probabilities, embeddings = classifier.run(images)
+    probabilities, embeddings = _model_outputs(classifier, images, progress)
     table = pd.DataFrame(image_statistics(images))
     table["predicted"] = [classifier.classes[i] for i in probabilities.argmax(axis=1)]
     table["confidence"] = probabilities.max(axis=1)
@@ -70,6 +74,26 @@ def feature_table(classifier: OnnxClassifier, images: np.ndarray) -> pd.DataFram
         embeddings, columns=embedding_column_names(embeddings.shape[1])
     )
     return pd.concat([table, embedding_columns], axis=1)
+
+
+def _model_outputs(
+    classifier: OnnxClassifier, images: np.ndarray, progress: str | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``classifier.run`` on ``images``, a chunk of whole batches at a time when ``progress``
+    names a bar (the same batches, so the same outputs)."""
+    if progress is None:
+        return classifier.run(images)
+    from tqdm import tqdm
+
+    outputs = []
+    with tqdm(total=len(images), desc=progress, unit="img") as bar:
+        for start in range(0, len(images), PROGRESS_CHUNK):
+            outputs.append(classifier.run(images[start : start + PROGRESS_CHUNK]))
+            bar.update(len(outputs[-1][0]))
+    if not outputs:
+        return classifier.run(images)
+    probabilities, embeddings = zip(*outputs, strict=True)
+    return np.concatenate(probabilities), np.concatenate(embeddings)
 
 
 def baseline_summary(table: pd.DataFrame, classes: list[str]) -> dict[str, Any]:
