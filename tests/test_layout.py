@@ -44,8 +44,8 @@ RULES: dict[str, tuple[tuple[str, ...], bool]] = {
         ("imgpipe", "imgpipe.data.images", "imgpipe.runtime", "imgpipe.monitoring.features"),
         False,
     ),
-    # runtime.onnx_model: the ONNX contract's names, for the backbone graph (torch-free).
-    "imgpipe.training": (("imgpipe.data.splits", "imgpipe.runtime.onnx_model"), True),
+    # runtime.onnx_contract: the ONNX contract's names, for the backbone graph (torch-free).
+    "imgpipe.training": (("imgpipe.data.splits", "imgpipe.runtime.onnx_contract"), True),
     "imgpipe.evaluation": (("imgpipe.data.splits", "imgpipe.training"), True),
     "imgpipe.audit": (
         ("imgpipe.data.splits", "imgpipe.evaluation.pictures", "imgpipe.training"),

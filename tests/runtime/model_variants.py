@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from imgpipe.runtime.onnx_model import METADATA_KEY
+from imgpipe.runtime.onnx_contract import METADATA_KEY
 
 POSITIVE_CLASS = "right"  # of the tiny model's classes, left and right
 

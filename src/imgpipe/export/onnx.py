@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from imgpipe.errors import ImgpipeError
-from imgpipe.runtime.onnx_model import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, open_session
+from imgpipe.runtime.onnx_contract import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES
+from imgpipe.runtime.onnx_model import open_session
 from imgpipe.training.backbone_graph import (
     backbone_graph,
     export_graph,

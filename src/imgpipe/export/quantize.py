@@ -27,7 +27,8 @@ import onnx
 from imgpipe.data.splits import SplitArrays, load_split
 from imgpipe.evaluation.calibration import calibration
 from imgpipe.io import atomic_path
-from imgpipe.runtime.onnx_model import INPUT_NAME, METADATA_KEY, OnnxClassifier
+from imgpipe.runtime.onnx_contract import INPUT_NAME, METADATA_KEY
+from imgpipe.runtime.onnx_model import OnnxClassifier
 
 if TYPE_CHECKING:
     from onnxruntime.quantization import CalibrationDataReader

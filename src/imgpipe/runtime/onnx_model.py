@@ -1,12 +1,13 @@
 """The exported model at run time, without torch: the ONNX contract, onnxruntime sessions and
 the classifier built on them.
 
-The contract (written by :mod:`imgpipe.export.onnx`): input ``images`` (``uint8``,
-``N x C x H x W``), outputs ``logits`` and the penultimate-layer ``embedding``, and the
-model's metadata (classes, image size, channels, normalisation, ...) as JSON under the
-metadata key :data:`METADATA_KEY`, an :class:`OperatingPoint` among it when the model has a
-positive class. The service, ``imgpipe predict``, ``imgpipe drift`` and the drift-baseline
-stage need only this module, onnxruntime and numpy.
+The contract (written by :mod:`imgpipe.export.onnx`, its names in
+:mod:`imgpipe.runtime.onnx_contract`): input ``images`` (``uint8``, ``N x C x H x W``),
+outputs ``logits`` and the penultimate-layer ``embedding``, and the model's metadata (classes,
+image size, channels, normalisation, ...) as JSON under the metadata key ``imgpipe``, an
+:class:`OperatingPoint` among it when the model has a positive class. The service,
+``imgpipe predict``, ``imgpipe drift`` and the drift-baseline stage need only this module,
+onnxruntime and numpy.
 """
 
 from __future__ import annotations
@@ -19,10 +20,7 @@ from typing import Any
 import numpy as np
 
 from imgpipe.errors import ImgpipeError
-
-METADATA_KEY = "imgpipe"
-INPUT_NAME = "images"
-OUTPUT_NAMES = ("logits", "embedding")
+from imgpipe.runtime.onnx_contract import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES
 
 
 def open_session(path: Path, threads: int = 0, spin: bool = True) -> Any:

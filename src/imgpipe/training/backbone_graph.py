@@ -30,7 +30,7 @@ from torch import nn
 
 from imgpipe.errors import ImgpipeError
 from imgpipe.io import atomic_path
-from imgpipe.runtime.onnx_model import INPUT_NAME, OUTPUT_NAMES
+from imgpipe.runtime.onnx_contract import INPUT_NAME, OUTPUT_NAMES
 from imgpipe.training.model import Classifier
 
 log = logging.getLogger(__name__)
