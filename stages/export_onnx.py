@@ -15,6 +15,7 @@ from imgpipe.export.onnx import (
     calibration_metadata,
     check_parity,
     export_onnx,
+    keep_head_for_drift,
     operating_point_metadata,
 )
 from imgpipe.export.quantize import export_int8
@@ -45,7 +46,8 @@ def main() -> None:
     parser.add_argument(
         "--graphs",
         type=Path,
-        help="folder of exported backbone graphs (the feature cache: the audit's, reused)",
+        help="the feature cache: backbone graphs to reuse (the audit's), and where the "
+        "model's classifier head is kept for drift-baseline",
     )
     args = parser.parse_args()
 
@@ -67,6 +69,7 @@ def main() -> None:
             model, meta, temporary, p.opset, provenance, temperature=temperature, graphs=args.graphs
         )
         parity = check_parity(temporary, model, images, p.tolerance, temperature=temperature)
+    keep_head_for_drift(args.out, model, p.opset, args.graphs)
     int8 = export_int8(
         args.out,
         args.int8,

@@ -44,8 +44,17 @@ RULES: dict[str, tuple[tuple[str, ...], bool]] = {
         ("imgpipe", "imgpipe.data.images", "imgpipe.runtime", "imgpipe.monitoring.features"),
         False,
     ),
-    # runtime.onnx_contract: the ONNX contract's names, for the backbone graph (torch-free).
-    "imgpipe.training": (("imgpipe.data.splits", "imgpipe.runtime.onnx_contract"), True),
+    # runtime.onnx_contract: the ONNX contract's names, for the backbone graph; and
+    # runtime.feature_entries: the feature cache's entry names, which drift-baseline shares
+    # (both torch-free).
+    "imgpipe.training": (
+        (
+            "imgpipe.data.splits",
+            "imgpipe.runtime.onnx_contract",
+            "imgpipe.runtime.feature_entries",
+        ),
+        True,
+    ),
     "imgpipe.evaluation": (("imgpipe.data.splits", "imgpipe.training"), True),
     "imgpipe.audit": (
         ("imgpipe.data.splits", "imgpipe.evaluation.pictures", "imgpipe.training"),

@@ -9,7 +9,8 @@ from imgpipe.monitoring.features import (
     baseline_summary,
     feature_table,
     image_statistics,
-    sample_images,
+    sample_rows,
+    take_rows,
 )
 from imgpipe.runtime.onnx_model import OnnxClassifier
 
@@ -46,10 +47,13 @@ def test_each_image_gets_the_figures_it_gets_alone_whatever_chunk_it_falls_in() 
 
 def test_sampling_is_seeded_and_spans_all_parts() -> None:
     parts = [np.arange(10)[:, None], np.arange(100, 105)[:, None]]
-    first = sample_images(parts, 8, seed=1)
+    rows = sample_rows([10, 5], 8, seed=1)
+    first = take_rows(parts, rows)
     assert len(first) == 8 and len(np.unique(first)) == 8
-    np.testing.assert_array_equal(first, sample_images(parts, 8, seed=1))
-    assert len(sample_images(parts, 100, seed=1)) == 15
+    assert first.min() < 10 and first.max() >= 100  # both parts
+    assert all((np.diff(picked) > 0).all() for picked in rows)  # each part's rows ascending
+    np.testing.assert_array_equal(first, take_rows(parts, sample_rows([10, 5], 8, seed=1)))
+    assert len(take_rows(parts, sample_rows([10, 5], 100, seed=1))) == 15
 
 
 def test_summary_counts_predicted_shares() -> None:

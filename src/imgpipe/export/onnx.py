@@ -20,9 +20,13 @@ import torch
 from torch import nn
 
 from imgpipe.errors import ImgpipeError
+from imgpipe.io import atomic_path, file_sha256
+from imgpipe.runtime.feature_entries import FIELDS_KEY, head_entry, onnxruntime_cpu_fields
 from imgpipe.runtime.onnx_contract import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES
 from imgpipe.runtime.onnx_model import open_session
 from imgpipe.training.backbone_graph import (
+    GRAPH_OPSET,
+    backbone_fingerprint,
     backbone_graph,
     export_graph,
     with_linear_classifier,
@@ -200,3 +204,31 @@ def check_parity(
             f"{tolerance:g}"
         )
     return report
+
+
+def keep_head_for_drift(
+    model_file: Path, model: Classifier, opset: int, cache: Path | None
+) -> Path | None:
+    """Save the classifier part of the exported model (embedding to calibrated logits) in the
+    feature ``cache``, named by the model file's sha256, with the fields that name its
+    backbone's feature entries, so that drift-baseline can turn the features the pipeline
+    already computed into this model's outputs instead of running the backbone again
+    (:mod:`imgpipe.runtime.feature_entries`).
+
+    Only for a model exported as the cache's own backbone graph (a linear classifier, at
+    the cache's opset), whose embedding is then those features; None otherwise.
+    """
+    if cache is None or opset != GRAPH_OPSET:
+        return None
+    if not isinstance(model.net.get_classifier(), nn.Linear):
+        return None
+    logits, embedding = OUTPUT_NAMES
+    head = onnx.utils.Extractor(onnx.load(model_file)).extract_model([embedding], [logits])
+    entry = head.metadata_props.add()
+    entry.key = FIELDS_KEY
+    entry.value = json.dumps(onnxruntime_cpu_fields(backbone_fingerprint(model)), sort_keys=True)
+    path = head_entry(cache, file_sha256(model_file))
+    cache.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as temporary:
+        onnx.save_model(head, temporary)
+    return path

@@ -7,6 +7,7 @@ Built on :mod:`imgpipe.runtime.onnx_model` (no torch).
 
 from __future__ import annotations
 
+import itertools
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -60,13 +61,23 @@ def _statistics(images: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def feature_table(
-    classifier: OnnxClassifier, images: np.ndarray, progress: str | None = None
+    classifier: OnnxClassifier,
+    images: np.ndarray,
+    progress: str | None = None,
+    outputs: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> pd.DataFrame:
-    """One row per image: statistics, predicted class, confidence and ``emb_*`` columns;
-    ``progress`` names a progress bar over the images (none by default)."""
+    """One row per image: statistics, predicted class, confidence and ``emb_*`` columns.
+
+    Args:
+        classifier: the model, run on ``images`` unless ``outputs`` are given.
+        images: ``N x H x W x C`` uint8.
+        progress: names a progress bar over the images (none by default).
+        outputs: the model's softmax probabilities and embeddings of ``images``, already
+            computed (:func:`imgpipe.monitoring.reference.cached_outputs`).
+    """
     import pandas as pd  # here, not above: the service uses this module and not pandas
 
-    probabilities, embeddings = _model_outputs(classifier, images, progress)
+    probabilities, embeddings = outputs or _model_outputs(classifier, images, progress)
     table = pd.DataFrame(image_statistics(images))
     table["predicted"] = [classifier.classes[i] for i in probabilities.argmax(axis=1)]
     table["confidence"] = probabilities.max(axis=1)
@@ -118,14 +129,15 @@ def baseline_summary(table: pd.DataFrame, classes: list[str]) -> dict[str, Any]:
     }
 
 
-def sample_images(images: list[np.ndarray], size: int, seed: int) -> np.ndarray:
-    """Up to ``size`` images drawn without replacement from several arrays, in a seeded order."""
-    total = sum(len(part) for part in images)
+def sample_rows(lengths: list[int], size: int, seed: int) -> list[np.ndarray]:
+    """Up to ``size`` rows drawn without replacement from parts of ``lengths`` rows, in a
+    seeded order: each part's chosen rows, ascending."""
+    total = sum(lengths)
     chosen = np.sort(np.random.default_rng(seed).permutation(total)[: min(size, total)])
-    offsets = np.cumsum([0] + [len(part) for part in images])
-    return np.concatenate(
-        [
-            part[chosen[(chosen >= lo) & (chosen < hi)] - lo]
-            for part, lo, hi in zip(images, offsets[:-1], offsets[1:], strict=True)
-        ]
-    )
+    offsets = np.cumsum([0, *lengths])
+    return [chosen[(chosen >= lo) & (chosen < hi)] - lo for lo, hi in itertools.pairwise(offsets)]
+
+
+def take_rows(parts: list[np.ndarray], rows: list[np.ndarray]) -> np.ndarray:
+    """``parts[i][rows[i]]`` for every part, one after the other."""
+    return np.concatenate([part[picked] for part, picked in zip(parts, rows, strict=True)])

@@ -133,10 +133,16 @@ class OnnxClassifier:
         for start in range(0, len(images), batch_size):
             batch = np.ascontiguousarray(images[start : start + batch_size].transpose(0, 3, 1, 2))
             logits, embedding = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})
-            shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-            probabilities.append(shifted / shifted.sum(axis=1, keepdims=True))
+            probabilities.append(softmax(logits))
             embeddings.append(embedding)
         return np.concatenate(probabilities), np.concatenate(embeddings)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Probabilities of ``N x K`` logits, row by row (each row's the same in any batch)."""
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    result: np.ndarray = shifted / shifted.sum(axis=1, keepdims=True)
+    return result
 
 
 def embedding_column_names(dimensions: int) -> list[str]:

@@ -35,6 +35,9 @@ from imgpipe.training.model import Classifier
 
 log = logging.getLogger(__name__)
 
+# export.opset's default: export-onnx then reuses the graph the features were computed with.
+GRAPH_OPSET = 18
+
 EMBEDDING = OUTPUT_NAMES[1]
 GRAPH_FORMAT = 2  # part of the key: bump when the graph's making changes
 

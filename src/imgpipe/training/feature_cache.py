@@ -41,7 +41,14 @@ from tqdm import tqdm
 from imgpipe.data.splits import SplitArrays
 from imgpipe.errors import ImgpipeError
 from imgpipe.io import atomic_path, file_sha256
-from imgpipe.training.backbone_graph import backbone_fingerprint, backbone_graph
+from imgpipe.runtime.feature_entries import (
+    CACHE_FORMAT,
+    digest_pixels,
+    entry_fields,
+    entry_key,
+    split_entry,
+)
+from imgpipe.training.backbone_graph import GRAPH_OPSET, backbone_fingerprint, backbone_graph
 from imgpipe.training.distributed import Processes, wait_for_every_process
 from imgpipe.training.inference import autocast, autocast_dtype, predict_logits
 from imgpipe.training.model import Classifier, ModelMeta
@@ -49,12 +56,6 @@ from imgpipe.training.settings import TrainConfig
 
 log = logging.getLogger(__name__)
 
-# 2: keyed by device type and autocast precision too; 3: and the engine; 4: a split's
-# unaugmented features in an entry of their own, the training entry holds the augmented views;
-# 5: the backbone's fingerprint covers its architecture too
-CACHE_FORMAT = 5
-# export.opset's default: export-onnx then reuses the graph the features were computed with.
-GRAPH_OPSET = 18
 EMBED_BATCH = 64  # images per forward pass while filling the cache
 
 
@@ -100,13 +101,8 @@ def cache_key(
     digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode())
     for split in (train, val):
         digest.update(json.dumps([split.images.shape, split.files]).encode())
-        _digest_pixels(digest, split.images)
+        digest_pixels(digest, split.images)
     return digest.hexdigest()[:32]
-
-
-def _digest_pixels(digest: Any, images: np.ndarray) -> None:
-    for start in range(0, len(images), 4096):  # every pixel: the cache must not go stale
-        digest.update(np.ascontiguousarray(images[start : start + 4096]).tobytes())
 
 
 def cached_features(
@@ -157,7 +153,7 @@ def split_features(
     if cache is None:
         return backbone.features(split.images, description)
     processes = processes or Processes()
-    path = cache / f"split-{backbone.key(split.images)}.npz"
+    path = split_entry(cache, backbone.fields(), split.images)
     if not path.is_file() and processes.local_rank == 0:
         features = backbone.features(split.images, description)
         with atomic_path(path) as temporary, temporary.open("wb") as handle:
@@ -211,18 +207,19 @@ class FrozenBackbone:
 
     def key(self, images: np.ndarray) -> str:
         """What shapes these images' features: the network's weights and normalisation (its
-        classifier left out), the engine and precision that compute them, and every pixel."""
-        shaping = {
-            "format": CACHE_FORMAT,
-            "backbone": self.fingerprint(),
-            "device": self.device.type,
-            "precision": str(autocast_dtype(self.device)),
-            "engine": engine(self.device),
-            "shape": list(images.shape),
-        }
-        digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode())
-        _digest_pixels(digest, images)
-        return digest.hexdigest()[:32]
+        classifier left out), the engine and precision that compute them (:meth:`fields`),
+        and every pixel."""
+        return entry_key(self.fields(), images)
+
+    def fields(self) -> dict[str, Any]:
+        """The key's fields other than the images, which export-onnx records for
+        drift-baseline to find these features by (:mod:`imgpipe.runtime.feature_entries`)."""
+        return entry_fields(
+            self.fingerprint(),
+            self.device.type,
+            str(autocast_dtype(self.device)),
+            engine(self.device),
+        )
 
     def fingerprint(self) -> str:
         """:func:`~imgpipe.training.backbone_graph.backbone_fingerprint`, computed once."""
