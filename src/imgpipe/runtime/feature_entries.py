@@ -21,6 +21,8 @@ import numpy as np
 # 5: the backbone's fingerprint covers its architecture too
 CACHE_FORMAT = 5
 PIXEL_BLOCK = 4096  # images hashed per update: a bounded copy of a strided array
+# The metadata key of a classifier head's graph that names the fields of its backbone's entries.
+FIELDS_KEY = "imgpipe_feature_fields"
 
 
 def entry_fields(backbone: str, device: str, precision: str, engine: str) -> dict[str, Any]:
@@ -59,10 +61,6 @@ def digest_pixels(digest: Any, images: np.ndarray) -> None:
     """Every pixel of ``images`` into ``digest``: a cache keyed by less would go stale."""
     for start in range(0, len(images), PIXEL_BLOCK):
         digest.update(np.ascontiguousarray(images[start : start + PIXEL_BLOCK]).tobytes())
-
-
-# The metadata key of a classifier head's graph that names the fields of its backbone's entries.
-FIELDS_KEY = "imgpipe_feature_fields"
 
 
 def head_entry(cache: Path, model_sha256: str) -> Path:
