@@ -113,7 +113,9 @@ def quantized_copy(model: Path, destination: Path) -> Path:
 
     classifier = OnnxClassifier(model)
     shape = (256, classifier.image_size, classifier.image_size, classifier.channels)
-    quantize_int8(model, destination, np.random.default_rng(0).integers(0, 256, shape, np.uint8))
+    calibration = np.random.default_rng(0).integers(0, 256, shape, np.uint8)
+    # the first convolution float, the try export.int8_float_convolutions: auto starts with
+    quantize_int8(model, destination, calibration, float_convolutions=1)
     return destination
 
 

@@ -12,6 +12,7 @@ import torch
 
 import imgpipe.export.quantize
 from imgpipe.export.quantize import (
+    Int8Quantiser,
     calibration_rows,
     export_int8,
     float_convolution_tries,
@@ -98,13 +99,31 @@ def test_onnxruntime_s_quantiser_logs_one_summary_line(
     fp32 = tmp_path / "model.onnx"
     export_onnx(model, meta, fp32, opset=18, provenance={})
     with caplog.at_level(logging.DEBUG):
-        quantize_int8(fp32, tmp_path / "int8.onnx", make_split(8, seed=3).images)
+        quantize_int8(
+            fp32, tmp_path / "int8.onnx", make_split(8, seed=3).images, float_convolutions=1
+        )
     assert [r for r in caplog.records if "onnxruntime" in r.pathname] == []
     [summary] = [r.getMessage() for r in caplog.records if r.name == "imgpipe.export.quantize"]
     assert summary.startswith("int8: quantised on 16 calibration images (")
     assert int(summary.split("(")[1].split()[0]) > 0  # lines were there, and were left out
     root = logging.getLogger()
     for holder in (root, *root.handlers):  # the filter is gone again
+        assert not [f for f in holder.filters if type(f).__name__ == "_Hidden"]
+
+
+def test_a_failed_try_logs_no_summary_and_leaves_no_filter(
+    tiny_onnx: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    calibration = make_split(8, seed=3).images
+    with (
+        caplog.at_level(logging.INFO),
+        pytest.raises(RuntimeError, match="disk full"),
+        Int8Quantiser(tiny_onnx, calibration),
+    ):
+        raise RuntimeError("disk full")
+    assert "quantised on" not in caplog.text  # the error, not a success line, says what happened
+    root = logging.getLogger()
+    for holder in (root, *root.handlers):
         assert not [f for f in holder.filters if type(f).__name__ == "_Hidden"]
 
 
@@ -122,7 +141,7 @@ def test_the_first_n_convolutions_stay_float(
     def quantised_convolutions(float_convolutions: int) -> list[bool]:
         """For each Conv in graph order: whether its weights come through a DequantizeLinear."""
         path = tmp_path / f"int8-{float_convolutions}.onnx"
-        quantize_int8(fp32, path, calibration, float_convolutions)
+        quantize_int8(fp32, path, calibration, float_convolutions=float_convolutions)
         graph = onnx.load(path).graph
         dequantised = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
         meta = read_onnx_metadata(path)["quantization"]

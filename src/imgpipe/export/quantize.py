@@ -151,7 +151,7 @@ def calibration_rows(available: int, wanted: int, seed: int = CALIBRATION_SEED) 
 
 
 def quantize_int8(
-    fp32: Path, destination: Path, calibration: np.ndarray, float_convolutions: int = 1
+    fp32: Path, destination: Path, calibration: np.ndarray, *, float_convolutions: int
 ) -> None:
     """Write the U8S8 QDQ model of ``fp32`` to ``destination`` (one file), calibrated on
     ``calibration`` (``N x H x W x C`` uint8), its first ``float_convolutions`` convolutions
@@ -221,8 +221,10 @@ class Int8Quantiser:
         )
         _carry_metadata(self.fp32, destination, len(self.calibration), float_convolutions)
 
-    def __exit__(self, *error: object) -> None:
+    def __exit__(self, error_type: type[BaseException] | None, *error: object) -> None:
         self._stack.close()
+        if error_type is not None:  # a failed try: its error says what happened
+            return
         hidden = self._hidden.count
         note = f" ({hidden} onnxruntime log lines left out)" if hidden else ""
         log.info("int8: quantised on %d calibration images%s", len(self.calibration), note)
