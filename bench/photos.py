@@ -150,14 +150,7 @@ def checkout(destination: Path, revision: str | None) -> Path:
     shutil.rmtree(destination, ignore_errors=True)
     destination.mkdir(parents=True)
     if revision is None:
-        listed = git_output(
-            REPO_ROOT, "ls-files", "-z", "--cached", "--others", "--exclude-standard"
-        )
-        for relative in filter(None, listed.decode().split("\0")):
-            source = REPO_ROOT / relative
-            if source.is_file():
-                (destination / relative).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(source, destination / relative)
+        copy_working_tree(destination)
     else:
         with tarfile.open(fileobj=io.BytesIO(git_output(REPO_ROOT, "archive", revision))) as tar:
             tar.extractall(destination, filter="data")
@@ -165,6 +158,17 @@ def checkout(destination: Path, revision: str | None) -> Path:
     git_output(destination, "add", "-A")
     git_output(destination, "commit", "-q", "-m", f"bench photos: {revision or 'working tree'}")
     return destination
+
+
+def copy_working_tree(destination: Path) -> None:
+    """Copy into ``destination`` the files of this checkout that git tracks or would track (no
+    ignored outputs, no caches); the end-to-end tests start from the same copy."""
+    listed = git_output(REPO_ROOT, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
+    for relative in filter(None, listed.decode().split("\0")):
+        source = REPO_ROOT / relative
+        if source.is_file():
+            (destination / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / relative)
 
 
 def git_output(repo: Path, *args: str) -> bytes:

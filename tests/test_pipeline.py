@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bench.photos import copy_working_tree
 from tests.conftest import REPO_ROOT, gcs_emulator
 
 pytestmark = pytest.mark.slow
@@ -32,21 +32,7 @@ ALL_STAGES = {
 
 def clone_working_tree(destination: Path) -> Path:
     """Copy what git tracks or would track (no ignored outputs, no caches) into a new repo."""
-    listed = (
-        subprocess.run(
-            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            check=True,
-        )
-        .stdout.decode()
-        .split("\0")
-    )
-    for relative in filter(None, listed):
-        source = REPO_ROOT / relative
-        if source.is_file():
-            (destination / relative).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, destination / relative)
+    copy_working_tree(destination)
     git(destination, "init", "-q")
     return destination
 
