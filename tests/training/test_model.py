@@ -12,6 +12,7 @@ from imgpipe.training.model import (
     channel_statistics,
     create_network,
     load_checkpoint,
+    pretrained_normalisation,
     save_checkpoint,
 )
 
@@ -59,6 +60,18 @@ def test_channel_statistics_match_numpy() -> None:
     scaled = images.reshape(-1, 3) / 255.0
     np.testing.assert_allclose(mean, scaled.mean(0), atol=1e-6)
     np.testing.assert_allclose(std, scaled.std(0), atol=1e-6)
+
+
+def test_pretrained_normalisation_is_what_the_weights_learnt_on() -> None:
+    net = create_network("resnet18", 4, 3)  # timm's config: ImageNet's mean and std
+    assert pretrained_normalisation(net, 3) == ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    # one channel: the averages, as timm's grey first convolution sums the RGB filters
+    assert pretrained_normalisation(net, 1) == ([0.449], [0.226])
+    with pytest.raises(ImgpipeError, match="has 3 channels, the images 4; set normalise: data"):
+        pretrained_normalisation(net, 4)
+    setattr(net, "pretrained_cfg", {"architecture": "custom"})  # noqa: B010 (typed as a tensor)
+    with pytest.raises(ImgpipeError, match="custom names no pretrained mean/std"):
+        pretrained_normalisation(net, 3)
 
 
 def test_local_weights_file_is_loaded_with_channels_and_head_adapted(tmp_path: Path) -> None:

@@ -14,8 +14,8 @@ import torch
 from imgpipe.data.splits import SplitArrays
 from imgpipe.errors import ImgpipeError
 from imgpipe.training.distributed import Processes
-from imgpipe.training.loop import build_trainer, train_classifier, train_step
-from imgpipe.training.model import create_network
+from imgpipe.training.loop import build_network, build_trainer, train_classifier, train_step
+from imgpipe.training.model import channel_statistics, create_network
 from imgpipe.training.resume import Progress
 from imgpipe.training.transfer import (
     frozen_in_epoch,
@@ -36,6 +36,21 @@ def initial_state(**changes: object) -> dict[str, torch.Tensor]:
 
 def changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> set[str]:
     return {k for k, v in before.items() if not torch.equal(v, after[k].to(v.device))}
+
+
+def test_a_pretrained_network_is_normalised_as_it_was_pretrained(weights: str) -> None:
+    train = make_split(24, seed=1)
+    statistics = channel_statistics(train.images)
+    assert statistics != ([0.5], [0.5])  # the pattern images are not test_resnet's config
+    cpu = torch.device("cpu")
+    for changes, expected in (
+        ({"pretrained": weights}, ([0.5], [0.5])),  # auto: test_resnet's pretrained_cfg
+        ({"pretrained": weights, "normalise": "data"}, statistics),
+        ({}, statistics),  # from scratch, auto: the training images'
+    ):
+        network, mean, std = build_network(tiny_config(**changes), train, cpu)
+        assert (mean, std) == expected
+        assert network.mean.flatten().tolist() == pytest.approx([255 * v for v in mean])
 
 
 def test_backbone_frozen_keeps_weights_and_batch_norm_statistics(weights: str) -> None:

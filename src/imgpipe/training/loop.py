@@ -54,7 +54,12 @@ from imgpipe.training.inference import (
     resolve_device,
 )
 from imgpipe.training.linear_probe import probe_head
-from imgpipe.training.model import Classifier, channel_statistics, create_network
+from imgpipe.training.model import (
+    Classifier,
+    channel_statistics,
+    create_network,
+    pretrained_normalisation,
+)
 from imgpipe.training.resume import Progress, Resumable, resume, save_state, state_key
 from imgpipe.training.settings import TrainConfig
 from imgpipe.training.transfer import (
@@ -230,7 +235,7 @@ class Trainer:
     device: torch.device
     network: Classifier  # the whole model: what is saved and exported
     model: nn.Module  # what is optimised: the network, or its head alone (finetune: head)
-    mean: list[float]  # the normalisation the network applies, from the training images
+    mean: list[float]  # the normalisation the network applies (normalise)
     std: list[float]
     average: ModelEmaV3 | None  # the weight average that is validated and kept
     optimizer: torch.optim.Optimizer
@@ -284,7 +289,7 @@ def build_trainer(
     processes: Processes,
     feature_cache: Path | None = None,
 ) -> Trainer:
-    """Seed, then create the network (normalised by the training images' statistics), what
+    """Seed, then create the network (behind the normalisation ``normalise`` names), what
     of it trains, its weight average, optimiser, schedule and inputs. The order is fixed: it
     decides which random numbers initialise the weights."""
     device = resolve_device(config.device, processes.local_rank)
@@ -334,13 +339,17 @@ def build_trainer(
 def build_network(
     config: TrainConfig, train: SplitArrays, device: torch.device
 ) -> tuple[Classifier, list[float], list[float]]:
-    """Seed, then the network on ``device``, normalised by the training images' per-channel
-    mean and std (returned too). The audit builds its frozen backbone here as well: the
-    feature cache it shares with ``finetune: head`` is only right if both build it alike."""
+    """Seed, then the network on ``device``, normalised by the per-channel mean and std
+    (returned too) that ``normalise`` names: with ``auto`` a pretrained network's own, otherwise
+    the training images'. The audit builds its frozen backbone here as well: the feature cache
+    it shares with ``finetune: head`` is only right if both build it alike."""
     seed_everything(config.seed)
-    mean, std = channel_statistics(train.images)
     channels, classes = train.images.shape[-1], len(train.classes)
     net = create_network(config.model, classes, channels, config.pretrained, config.drop_path)
+    if config.pretrained and config.normalise == "auto":
+        mean, std = pretrained_normalisation(net, channels)
+    else:
+        mean, std = channel_statistics(train.images)
     network = Classifier(net, mean, std).to(device)
     if device.type == "cuda":  # tensor cores want channels-last
         network = network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]

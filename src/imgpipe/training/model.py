@@ -127,6 +127,32 @@ def _timm_model(architecture: str, options: dict[str, Any], **arguments: Any) ->
         raise
 
 
+def pretrained_normalisation(net: nn.Module, channels: int) -> tuple[list[float], list[float]]:
+    """The per-channel mean and std in [0, 1] that ``net``'s pretrained weights were trained
+    with (timm's ``pretrained_cfg``, what ``timm.data.resolve_data_config`` uses): a frozen or
+    fine-tuned backbone then sees its inputs scaled as in pretraining. For one channel, the RGB
+    values' averages (timm's one-channel first convolution sums the RGB filters).
+
+    Raises:
+        ImgpipeError: the model's configuration has no mean/std for these channels.
+    """
+    config = getattr(net, "pretrained_cfg", None) or {}
+    mean, std = config.get("mean"), config.get("std")
+    architecture = config.get("architecture", type(net).__name__)
+    if not mean or not std or len(mean) != len(std):
+        raise ImgpipeError(
+            f"normalise: {architecture} names no pretrained mean/std; set normalise: data"
+        )
+    if channels == 1:
+        mean, std = [sum(mean) / len(mean)], [sum(std) / len(std)]
+    if len(mean) != channels:
+        raise ImgpipeError(
+            f"normalise: {architecture}'s pretrained mean/std has {len(mean)} channels, the "
+            f"images {channels}; set normalise: data"
+        )
+    return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
+
+
 def channel_statistics(images: Any, chunk: int = 256) -> tuple[list[float], list[float]]:
     """Per-channel mean and std in [0, 1] of ``N x H x W x C`` uint8 images, read in chunks.
 

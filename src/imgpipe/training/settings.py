@@ -62,6 +62,8 @@ class TrainConfig(FrozenSettings):
 
     model: str = Field(min_length=1)
     pretrained: bool | str  # a str is a local weights file
+    # auto: a pretrained network's own mean/std, else the training images'; data: theirs always
+    normalise: Literal["auto", "data"]
     epochs: int = Field(ge=1)
     batch_size: int = Field(ge=1)
     lr: float = Field(gt=0, lt=10)
