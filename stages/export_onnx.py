@@ -91,14 +91,17 @@ def main() -> None:
             "parity_images": parity.images,
             "max_abs_diff_logits": float(f"{parity.max_abs_diff_logits:.3g}"),
             "max_abs_diff_embedding": float(f"{parity.max_abs_diff_embedding:.3g}"),
+            "max_relative_diff": float(f"{parity.max_relative_diff:.3g}"),
             "prediction_agreement": parity.prediction_agreement,
         },
     )
     # Timings vary run to run, so they are logged rather than written to a tracked output
     # (dvc.lock stays bit-for-bit reproducible); `imgpipe bench` measures them properly.
     log.info(
-        "parity OK (max |diff| %.2g); latency per image: torch %.3f ms, onnxruntime %.3f ms",
+        "parity OK (max |diff| %.2g, %.2g of the outputs' scale); latency per image: torch "
+        "%.3f ms, onnxruntime %.3f ms",
         max(parity.max_abs_diff_logits, parity.max_abs_diff_embedding),
+        parity.max_relative_diff,
         parity.torch_ms_per_image,
         parity.onnxruntime_ms_per_image,
     )

@@ -45,6 +45,27 @@ def test_parity_gate_fails_when_outputs_differ(
         check_parity(exported, changed, make_split(3).images, tolerance=1e-4)
 
 
+def test_parity_is_measured_against_each_outputs_scale(
+    exported: Path, tiny_model: tuple[Classifier, ModelMeta], tmp_path: Path
+) -> None:
+    """Logits 2,000x larger (a temperature of 5e-4) carry 2,000x the rounding: the gate reads
+    each difference over its output's largest value, so the same network still passes."""
+    from imgpipe.export.onnx import export_onnx
+
+    model, meta = tiny_model
+    images = make_split(20).images
+    plain = check_parity(exported, model, images, tolerance=1e-4)
+    scaled = tmp_path / "model.onnx"
+    export_onnx(model, meta, scaled, opset=18, provenance={}, temperature=5e-4)
+    report = check_parity(scaled, model, images, tolerance=1e-4, temperature=5e-4)
+    assert report.max_abs_diff_logits > 1e-4 > report.max_relative_diff  # absolute would fail
+    assert report.max_relative_diff <= 10 * max(plain.max_relative_diff, 1e-7)
+    with pytest.raises(ParityError, match=r"of the outputs' scale \(logits by .* \|logit\|"):
+        check_parity(
+            scaled, model, images, tolerance=report.max_relative_diff / 2, temperature=5e-4
+        )
+
+
 def test_onnx_classifier_matches_torch(
     exported: Path, tiny_model: tuple[Classifier, ModelMeta]
 ) -> None:
@@ -124,7 +145,7 @@ def test_the_stage_keeps_a_model_that_fails_parity_away_from_its_output(
     """A tolerance no export meets: exit 1 naming the tolerance, and neither the ONNX file,
     nor a temporary one, nor the int8 model, nor the metrics are left behind."""
     with pytest.raises(SystemExit) as done:
-        run_export(("tolerance: 0.0001", "tolerance: 1e-30"))
+        run_export(("tolerance: 0.001", "tolerance: 1e-30"))
     assert done.value.code == 1
     [error] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert "onnxruntime differs from torch by" in error and "above export.tolerance 1e-30" in error

@@ -140,6 +140,7 @@ def operating_point_metadata(fitted: dict[str, Any]) -> dict[str, Any] | None:
 class ParityReport:
     max_abs_diff_logits: float
     max_abs_diff_embedding: float
+    max_relative_diff: float  # the larger difference over its output's scale: the gated one
     prediction_agreement: float
     images: int
     torch_ms_per_image: float
@@ -167,8 +168,15 @@ def check_parity(
     The images go through in batches of ``PARITY_BATCH`` and the first few once more one by
     one, which also proves the batch axis is dynamic.
 
+    Each output's difference is measured against its scale, its largest absolute value (at
+    least 1): float32 rounding grows with the values and the depth, and on a fine-tuned
+    EfficientNet-Lite0 it alone moved torch's embedding by 1.1e-4 to 1.8e-4 from float64's,
+    and onnxruntime's by up to 5.3e-4 from torch's (values up to 4.8), while an export bug
+    (another normalisation, padding or temperature) moves outputs by percents.
+
     Raises:
-        ParityError: when any logit or embedding value differs by more than ``tolerance``.
+        ParityError: when any logit or embedding value differs by more than ``tolerance``
+            times its output's scale.
     """
     session = open_session(onnx_path)
     batch = np.array(images.transpose(0, 3, 1, 2), order="C")  # a writable copy for torch
@@ -189,19 +197,23 @@ def check_parity(
     single_logits = np.concatenate([s[0] for s in single])
     diffs = [float(np.abs(o - r).max()) for o, r in zip(batched, reference, strict=True)]
     diffs[0] = max(diffs[0], float(np.abs(single_logits - reference[0][: len(single)]).max()))
+    scales = [max(1.0, float(np.abs(r).max())) for r in reference]
+    relative = max(d / scale for d, scale in zip(diffs, scales, strict=True))
     report = ParityReport(
         max_abs_diff_logits=diffs[0],
         max_abs_diff_embedding=diffs[1],
+        max_relative_diff=relative,
         prediction_agreement=float((batched[0].argmax(1) == reference[0].argmax(1)).mean()),
         images=len(batch),
         torch_ms_per_image=1000 * torch_seconds / len(batch),
         onnxruntime_ms_per_image=1000 * onnx_seconds / len(batch),
     )
-    if max(diffs) > tolerance:
+    if relative > tolerance:
         raise ParityError(
-            f"{onnx_path}: onnxruntime differs from torch by {max(diffs):.3g} "
-            f"(logits {diffs[0]:.3g}, embedding {diffs[1]:.3g}), above export.tolerance "
-            f"{tolerance:g}"
+            f"{onnx_path}: onnxruntime differs from torch by {relative:.3g} of the outputs' "
+            f"scale (logits by {diffs[0]:.3g} where the largest |logit| is {scales[0]:.3g}, "
+            f"embedding by {diffs[1]:.3g} where the largest |value| is {scales[1]:.3g}), "
+            f"above export.tolerance {tolerance:g}"
         )
     return report
 
