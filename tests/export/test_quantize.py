@@ -106,9 +106,7 @@ def test_onnxruntime_s_quantiser_logs_one_summary_line(
     [summary] = [r.getMessage() for r in caplog.records if r.name == "imgpipe.export.quantize"]
     assert summary.startswith("int8: quantised on 16 calibration images (")
     assert int(summary.split("(")[1].split()[0]) > 0  # lines were there, and were left out
-    root = logging.getLogger()
-    for holder in (root, *root.handlers):  # the filter is gone again
-        assert not [f for f in holder.filters if type(f).__name__ == "_Hidden"]
+    assert_no_hidden_filter()  # the filter is gone again
 
 
 def test_a_failed_try_logs_no_summary_and_leaves_no_filter(
@@ -122,6 +120,11 @@ def test_a_failed_try_logs_no_summary_and_leaves_no_filter(
     ):
         raise RuntimeError("disk full")
     assert "quantised on" not in caplog.text  # the error, not a success line, says what happened
+    assert_no_hidden_filter()
+
+
+def assert_no_hidden_filter() -> None:
+    """No log filter of the quantiser's is left on the root logger or its handlers."""
     root = logging.getLogger()
     for holder in (root, *root.handlers):
         assert not [f for f in holder.filters if type(f).__name__ == "_Hidden"]

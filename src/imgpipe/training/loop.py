@@ -186,8 +186,9 @@ def train_classifier(
     if config.finetune == "lp-ft" and not progress.history:
         keep_probe(trainer, progress)
     if metric_logger is not None:
-        for record in progress.history[1:] if config.finetune == "lp-ft" else progress.history:
-            log_epoch(metric_logger, record)  # the curves the interrupted run had logged
+        for record in progress.history:  # the curves the interrupted run had logged
+            if record["epoch"]:  # lp-ft's probe, epoch 0, trained nothing to plot
+                log_epoch(metric_logger, record)
     started, seen = time.perf_counter(), 0
     for epoch in range(progress.epoch + 1, config.epochs + 1):
         record, images = run_epoch(trainer, progress, epoch)
