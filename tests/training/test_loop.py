@@ -132,6 +132,26 @@ def test_a_state_from_other_settings_is_not_resumed(tmp_path: Path) -> None:
     assert recorder.steps == 4 and [h["epoch"] for h in result.history] == [1, 2, 3, 4]
 
 
+def test_the_weight_average_blends_exactly_as_timms_after_steps_and_a_reload() -> None:
+    from timm.utils.model_ema import ModelEmaV3
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4)).train()
+    ours = loop.WeightAverage(model, decay=0.9, use_warmup=True)
+    timms = ModelEmaV3(model, decay=0.9, use_warmup=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(1, 6):
+        model(torch.randn(2, 1, 5, 5)).square().mean().backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
+        if step == 3:  # an in-place load, as resuming does, must keep the lookup current
+            model.load_state_dict({k: v + 1 for k, v in model.state_dict().items()})
+        ours.update(model, step=step)
+        timms.update(model, step=step)
+    for name, tensor in timms.module.state_dict().items():
+        assert torch.equal(tensor, ours.module.state_dict()[name]), name
+    assert ours.module[1].num_batches_tracked.item() == 5 + 1  # copied, not blended
+
+
 def test_sgd_one_cycle_with_clipping_learns() -> None:
     result = train_classifier(
         make_split(24, seed=1),

@@ -258,7 +258,7 @@ class Trainer:
     model: nn.Module  # what is optimised: the network, or its head alone (finetune: head)
     mean: list[float]  # the normalisation the network applies (normalise)
     std: list[float]
-    average: ModelEmaV3 | None  # the weight average that is validated and kept
+    average: WeightAverage | None  # the weight average that is validated and kept
     optimizer: torch.optim.Optimizer
     schedule: Schedule
     train_inputs: Inputs
@@ -328,7 +328,9 @@ def build_trainer(
     )
     # Warm-up ramps the decay towards ema_decay, so short runs are not dragged to the init.
     average = (
-        ModelEmaV3(model, decay=config.ema_decay, use_warmup=True) if config.ema_decay > 0 else None
+        WeightAverage(model, decay=config.ema_decay, use_warmup=True)
+        if config.ema_decay > 0
+        else None
     )
     if processes.rank:  # the other processes draw their own augmentation (rank 0 keeps seed)
         torch.manual_seed(config.seed + processes.rank)
@@ -433,6 +435,40 @@ def _what_trains(
         return head_probabilities(module, val_features, config.batch_size, device)
 
     return network.net.get_classifier(), inputs, on_features, None
+
+
+class WeightAverage(ModelEmaV3):  # type: ignore[misc]
+    """timm's ModelEmaV3, with the tensors it blends each step looked up once.
+
+    timm walks both models' state dicts on every update: three quarters of the average's cost and
+    about 2% of a digits training step on a CPU. The lists hold the parameter and buffer
+    objects themselves, so an in-place load (resume) or a ``.data`` swap keeps them current.
+    """
+
+    def __init__(self, model: nn.Module, **settings: Any) -> None:
+        super().__init__(model, **settings)
+        self._blended: tuple[nn.Module, list[torch.Tensor], list[torch.Tensor]] | None = None
+        self._copied: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def apply_update_(self, model: nn.Module, decay: float) -> None:
+        if not self.foreach:
+            super().apply_update_(model, decay)
+            return
+        if self._blended is None or self._blended[0] is not model:
+            pairs = list(
+                zip(
+                    self.module.state_dict(keep_vars=True).values(),
+                    model.state_dict(keep_vars=True).values(),
+                    strict=True,
+                )
+            )
+            floats = [(e, m) for e, m in pairs if e.is_floating_point()]
+            self._blended = (model, [e for e, _ in floats], [m for _, m in floats])
+            self._copied = [(e, m) for e, m in pairs if not e.is_floating_point()]
+        _, averaged, current = self._blended
+        for averaged_tensor, current_tensor in self._copied:
+            averaged_tensor.copy_(current_tensor)
+        self._foreach_lerp_(averaged, current, weight=1.0 - decay)
 
 
 def _optimizer_and_schedule(
