@@ -26,7 +26,9 @@ from imgpipe.training.model import load_checkpoint
 
 log = logging.getLogger("imgpipe.stages.export_onnx")
 
-PARITY_IMAGES = 256
+# An export bug (normalisation, padding, temperature) moves every image's outputs by percents,
+# so a few dozen images find it; the torch side costs about 22 ms per 224 px photo on 2 cores.
+PARITY_IMAGES = 64
 
 
 def main() -> None:
