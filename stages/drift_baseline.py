@@ -11,8 +11,8 @@ from pathlib import Path
 from imgpipe.data.splits import load_split
 from imgpipe.io import atomic_path, write_json
 from imgpipe.monitoring.features import baseline_summary, feature_table, sample_rows, take_rows
-from imgpipe.monitoring.reference import cached_outputs
 from imgpipe.params import load_params
+from imgpipe.runtime.cached_outputs import cached_outputs
 from imgpipe.runtime.onnx_model import OnnxClassifier
 from imgpipe.stage import run_stage
 

@@ -48,8 +48,8 @@ def main() -> None:
     parser.add_argument(
         "--graphs",
         type=Path,
-        help="the feature cache: backbone graphs to reuse (the audit's), and where the "
-        "model's classifier head is kept for drift-baseline",
+        help="the feature cache: backbone graphs to reuse (the audit's), where the model's "
+        "classifier head is kept for drift-baseline, and validation features to score fp32 on",
     )
     args = parser.parse_args()
 
@@ -82,6 +82,7 @@ def main() -> None:
         max_drop=p.int8_max_drop,
         max_ece_rise=p.int8_max_ece_rise,
         float_convolutions=p.int8_float_convolutions,
+        features=args.graphs,
     )
     write_json(
         args.metrics,

@@ -27,6 +27,7 @@ import onnx
 from imgpipe.data.splits import SplitArrays, load_split
 from imgpipe.evaluation.calibration import calibration
 from imgpipe.io import atomic_path
+from imgpipe.runtime.cached_outputs import cached_outputs
 from imgpipe.runtime.onnx_contract import INPUT_NAME, METADATA_KEY
 from imgpipe.runtime.onnx_model import OnnxClassifier
 
@@ -65,6 +66,7 @@ def export_int8(
     max_drop: float,
     max_ece_rise: float,
     float_convolutions: int | Literal["auto"],
+    features: Path | None = None,
 ) -> dict[str, Any]:
     """Write the int8 model of ``fp32`` as ``folder``/model.onnx when ``enabled`` and it passes
     the accuracy gate (:func:`rejection`); ``folder`` is left empty otherwise. A refused int8
@@ -83,6 +85,8 @@ def export_int8(
         max_ece_rise: export.int8_max_ece_rise, the validation ECE int8 may add.
         float_convolutions: export.int8_float_convolutions (:func:`quantize_int8`), or
             ``auto``: the fewest of :func:`float_convolution_tries` that pass the gate.
+        features: the feature cache; fp32's validation scores come from it when it holds
+            them (:func:`fp32_validation_scores`).
 
     Returns:
         What goes into metrics/export.json: ``int8`` is ``off``, ``rejected`` or ``written``.
@@ -94,7 +98,7 @@ def export_int8(
         images = load_split(train).images
         rows = calibration_rows(len(images), calibration_images)
         candidate = temporary / "model.onnx"
-        fp32_scores = score(fp32, val.images)
+        fp32_scores = fp32_validation_scores(fp32, val.images, features)
         with Int8Quantiser(fp32, images[rows]) as quantiser:
             tries = float_convolution_tries(float_convolutions, quantiser.convolutions)
             for count in tries:
@@ -343,6 +347,17 @@ def score(model: Path, images: np.ndarray) -> Scores:
     started = time.perf_counter()
     probabilities, _ = classifier.run(images, LATENCY_BATCH)
     return Scores(probabilities, 1000 * (time.perf_counter() - started) / max(1, len(images)))
+
+
+def fp32_validation_scores(fp32: Path, images: np.ndarray, features: Path | None) -> Scores:
+    """The fp32 model's scores on the validation ``images``: read from the ``features`` cache
+    when it holds their backbone features and this model's head (a ``finetune: head`` model;
+    the same bits, see :mod:`imgpipe.runtime.cached_outputs`), computed otherwise. Its time per
+    image is measured on one batch either way (3.5 of the 4 s of scoring 500 photos saved)."""
+    cached = cached_outputs(fp32, [images], [np.arange(len(images))], features)
+    if cached is None:
+        return score(fp32, images)
+    return Scores(cached[0], score(fp32, images[:LATENCY_BATCH]).ms_per_image)
 
 
 def compare_int8(

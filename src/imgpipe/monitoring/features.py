@@ -73,7 +73,7 @@ def feature_table(
         images: ``N x H x W x C`` uint8.
         progress: names a progress bar over the images (none by default).
         outputs: the model's softmax probabilities and embeddings of ``images``, already
-            computed (:func:`imgpipe.monitoring.reference.cached_outputs`).
+            computed (:func:`imgpipe.runtime.cached_outputs.cached_outputs`).
     """
     import pandas as pd  # here, not above: the service uses this module and not pandas
 

@@ -13,8 +13,9 @@ import torch
 
 from imgpipe.data.splits import SplitArrays
 from imgpipe.export.onnx import export_onnx, keep_head_for_drift
+from imgpipe.export.quantize import fp32_validation_scores
 from imgpipe.monitoring.features import feature_table, sample_rows, take_rows
-from imgpipe.monitoring.reference import cached_outputs
+from imgpipe.runtime.cached_outputs import cached_outputs
 from imgpipe.runtime.feature_entries import FIELDS_KEY, split_entry
 from imgpipe.runtime.onnx_model import OnnxClassifier, open_session
 from imgpipe.training.feature_cache import FrozenBackbone, split_features
@@ -56,6 +57,19 @@ def test_a_reference_from_cached_features_is_the_table_from_pixels(
     from_pixels = feature_table(classifier, images)
     assert not np.allclose(from_pixels["confidence"], from_pixels["confidence"].iloc[0])
     pd.testing.assert_frame_equal(from_cache, from_pixels, check_exact=True)  # bit for bit
+
+
+def test_int8s_gate_scores_fp32_from_the_cache_bit_for_bit(
+    exported: tuple[Path, Path, list[SplitArrays]], caplog: pytest.LogCaptureFixture
+) -> None:
+    onnx_file, cache, splits = exported
+    val = splits[1].images
+    with caplog.at_level("INFO"):
+        cached = fp32_validation_scores(onnx_file, val, cache)
+    assert f"cached features of {len(val)} images" in caplog.text
+    computed = fp32_validation_scores(onnx_file, val, None)
+    np.testing.assert_array_equal(cached.probabilities, computed.probabilities)
+    assert cached.ms_per_image > 0
 
 
 def test_the_head_names_the_entries_the_training_side_wrote(

@@ -1,13 +1,14 @@
-"""The drift-baseline stage's model outputs from the feature cache, when the pipeline already
-computed its sample's backbone features (``finetune: head`` on the CPU: the audit and train
-ran the frozen backbone over every training and validation image).
+"""An exported model's outputs from the feature cache, when the pipeline already computed the
+images' backbone features (``finetune: head`` on the CPU: the audit and train ran the frozen
+backbone over every training and validation image): drift-baseline's reference sample, and
+the fp32 side of export-onnx's int8 gate on the validation split.
 
 export-onnx keeps the exported model's classifier head beside those features
 (:func:`imgpipe.export.onnx.keep_head_for_drift`). The embedding of such a model is the cached
 features, and its logits are that head on them; onnxruntime computes both bit for bit as the
 whole model does (the tests hold this), so a cached reference table equals the one computed
-from pixels. Anything missing (another model, another backbone, a cleared cache) and the stage
-runs the whole model, as before.
+from pixels, and the gate's figures are the same. Anything missing (another model, another
+backbone, a cleared cache) and the stage runs the whole model, as before.
 """
 
 from __future__ import annotations
@@ -48,5 +49,5 @@ def cached_outputs(
     embeddings = np.concatenate(chosen)
     logits_name, embedding_name = OUTPUT_NAMES
     (logits,) = head.run([logits_name], {embedding_name: embeddings})
-    log.info("drift reference: the features of %d images from %s", len(embeddings), cache)
+    log.info("the cached features of %d images from %s", len(embeddings), cache)
     return softmax(logits), embeddings
