@@ -1,7 +1,10 @@
 """``python -m bench photos``: the whole pipeline on a photo folder, the laptop-CPU job of
 ``finetune: head``: it builds N photo crops, runs one ``dvc repro`` in a fresh copy of this
 checkout and times it and each of its stages, and with ``--baseline REV`` does the same with the
-code of an earlier commit (same photos, same settings, same run) and prints each ratio.
+code of an earlier commit (same photos, same settings, same run) and prints each ratio. With
+``--rounds N`` both sides run N times, alternating which goes first, each time in a fresh copy
+(a shared machine's slow spells then hit both alike); the figures are the medians, and the
+output says whether every round of a side wrote the same model and drift reference bytes.
 
 The photos are crops of the two photos scikit-learn ships (a palace and a flower), four classes
 (the left and right half of each: a crop's centre decides its class, so crops near the middle
@@ -33,6 +36,12 @@ from bench.common import Clock, Commands, add_output_argument, emit
 NAME = "photos"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ("china-left", "china-right", "flower-left", "flower-right")
+# What a rerun must write bit for bit: the served models and the drift reference.
+OUTPUTS = (
+    "models/model.onnx",
+    "models/int8/model.onnx",
+    "data/drift_baseline/reference.parquet",
+)
 
 
 def add_parser(benches: Commands) -> None:
@@ -54,6 +63,12 @@ def add_parser(benches: Commands) -> None:
     sub.add_argument(
         "--baseline", metavar="REV", help="git revision whose code runs the same job first"
     )
+    sub.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="runs of each side, alternating which goes first; medians reported",
+    )
     sub.add_argument("--workdir", type=Path, help="keep the photos and the runs here")
     add_output_argument(sub)
     sub.set_defaults(handler=run)
@@ -70,6 +85,7 @@ def run(args: argparse.Namespace) -> None:
                 weights=args.weights,
                 epochs=args.epochs,
                 baseline=args.baseline,
+                rounds=args.rounds,
             ),
             args.output,
         )
@@ -84,10 +100,13 @@ def bench_photos(
     weights: Path | None,
     epochs: int,
     baseline: str | None = None,
+    rounds: int = 1,
     clock: Clock = time.perf_counter,
 ) -> dict[str, Any]:
     """Time each stage of the pipeline on ``photos`` crops in a copy of this checkout, and in
-    one of revision ``baseline`` (run first) when given."""
+    one of revision ``baseline`` when given: ``rounds`` times each, alternating which side goes
+    first (the baseline in the first round). Each run gets a fresh copy, ``workdir``/SIDE-ROUND;
+    only the last round's copies are kept."""
     folder = write_photos(workdir / "photos", photos, image_size)
     weights_file = weights or random_weights(workdir / f"{model}-random.pth", model)
     settings = {
@@ -100,12 +119,16 @@ def bench_photos(
         "epochs": str(epochs),
     }
     sides = {"new": None} if baseline is None else {"baseline": baseline, "new": None}
-    runs = {}
-    for side, revision in sides.items():
-        repo = checkout(workdir / side, revision)
-        shutil.copy(weights_file, repo / "weights" / weights_file.name)
-        configure(repo / "params.yaml", settings)
-        runs[side] = time_stages(repo, clock)
+    runs: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
+    for round_number in range(1, rounds + 1):
+        order = list(sides.items())
+        for side, revision in order if round_number % 2 else order[::-1]:
+            repo = checkout(workdir / f"{side}-{round_number}", revision)
+            shutil.copy(weights_file, repo / "weights" / weights_file.name)
+            configure(repo / "params.yaml", settings)
+            runs[side].append(time_stages(repo, clock))
+            if round_number < rounds:
+                shutil.rmtree(repo)  # 5,000 photos take 3 GB a copy
     return summarise(runs, photos, image_size, model, weights)
 
 
@@ -203,7 +226,7 @@ def time_stages(repo: Path, clock: Clock) -> dict[str, Any]:
     """One ``dvc repro`` of ``repo``, as a user runs it (DVC starts once, not once per stage),
     each stage timed from the line DVC prints as it starts it to the next one's (the last to
     DVC's exit, so a stage's time includes DVC hashing and recording its outputs)."""
-    from imgpipe.io import read_json
+    from imgpipe.io import file_sha256, read_json
 
     environment = dict(os.environ)
     # The stages call `python`: this environment's, running the copy's own library.
@@ -240,38 +263,58 @@ def time_stages(repo: Path, clock: Clock) -> dict[str, Any]:
         "seconds": seconds,
         "total_seconds": round(ended - started, 1),
         "test_accuracy": [scores[f"accuracy{end}"] for end in ("", "_ci_low", "_ci_high")],
+        "outputs_sha256": {
+            name: file_sha256(repo / name) for name in OUTPUTS if (repo / name).is_file()
+        },
     }
 
 
 def summarise(
-    runs: dict[str, dict[str, Any]],
+    runs: dict[str, list[dict[str, Any]]],
     photos: int,
     image_size: int,
     model: str,
     weights: Path | None,
 ) -> dict[str, Any]:
-    new = runs["new"]
+    """Each side's median seconds per stage and in all, its runs' totals, whether its runs
+    wrote the same outputs, and the baseline-over-new ratios of the medians."""
     results: dict[str, Any] = {
         "photos": photos,
         "image_size": image_size,
         "model": model,
         "weights": weights.name if weights else "random (timings only: accuracy is meaningless)",
         "cores": os.cpu_count(),
-        "seconds": new["seconds"],
-        "total_seconds": new["total_seconds"],
-        "test_accuracy": new["test_accuracy"],
+        "rounds": len(runs["new"]),
     }
+    for side, prefix in (("new", ""), ("baseline", "baseline_")):
+        if side not in runs:
+            continue
+        side_runs = runs[side]
+        results[f"{prefix}seconds"] = {
+            stage: _median([run["seconds"][stage] for run in side_runs])
+            for stage in side_runs[0]["seconds"]
+        }
+        totals = [run["total_seconds"] for run in side_runs]
+        results[f"{prefix}total_seconds"] = _median(totals)
+        results[f"{prefix}total_seconds_per_round"] = totals
+        results[f"{prefix}test_accuracy"] = side_runs[0]["test_accuracy"]
+        results[f"{prefix}outputs_sha256"] = side_runs[0]["outputs_sha256"]
+        results[f"{prefix}identical_reruns"] = all(
+            run["outputs_sha256"] == side_runs[0]["outputs_sha256"]
+            and run["test_accuracy"] == side_runs[0]["test_accuracy"]
+            for run in side_runs
+        )
     if "baseline" in runs:
-        old = runs["baseline"]
-        results["baseline_seconds"] = old["seconds"]
-        results["baseline_total_seconds"] = old["total_seconds"]
-        results["baseline_test_accuracy"] = old["test_accuracy"]
         results["speedup"] = {
-            stage: round(old["seconds"][stage] / max(seconds, 1e-9), 2)
-            for stage, seconds in new["seconds"].items()
-            if stage in old["seconds"]
+            stage: round(results["baseline_seconds"][stage] / max(seconds, 1e-9), 2)
+            for stage, seconds in results["seconds"].items()
+            if stage in results["baseline_seconds"]
         }
         results["total_speedup"] = round(
             results["baseline_total_seconds"] / max(results["total_seconds"], 1e-9), 2
         )
     return results
+
+
+def _median(values: list[float]) -> float:
+    return round(float(np.median(values)), 1)
