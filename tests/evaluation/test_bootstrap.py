@@ -118,6 +118,19 @@ def test_the_accuracy_interval_covers_the_true_accuracy_about_95_percent_of_the_
     assert 0.90 <= covered / repeats <= 0.99
 
 
+def test_a_calibrated_models_ece_interval_contains_its_ece() -> None:
+    # Labels drawn from the probabilities themselves: calibrated, ECE only sampling noise.
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0, 2, (1000, 10))
+    probabilities = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    labels = (probabilities.cumsum(1) < rng.random((1000, 1))).sum(1)
+    ece = weighted_metrics(labels, probabilities, np.ones((1, 1000)))["ece"][0]
+    [resampled] = bootstrap._resampled_metrics(labels, [(probabilities, None)], None, 1000, 0)
+    assert np.percentile(resampled["ece"], 2.5) > ece  # the plain percentile interval misses it
+    low, high = confidence_intervals(labels, probabilities)["ece"]
+    assert 0 <= low < ece < high
+
+
 def test_groups_are_drawn_whole_and_widen_the_interval_when_their_images_agree() -> None:
     rng = np.random.default_rng(3)
     groups = [f"patient{i // 8}" for i in range(800)]  # 100 groups of 8 images

@@ -1,6 +1,7 @@
 """How sure the evaluate stage's scores are: percentile-bootstrap intervals of the headline and
-operating-point metrics, and paired intervals of the difference between two models scored on the
-same test images (what the PR report judges a change by, instead of a fixed threshold).
+operating-point metrics (ECE's corrected for the bias resampling adds), and paired intervals of
+the difference between two models scored on the same test images (what the PR report judges a
+change by, instead of a fixed threshold).
 
 Every resample is a row of integer weights over the test images (how often each was drawn), so
 each metric is a few matrix products over all resamples at once: no Python loop over resamples
@@ -33,6 +34,9 @@ class OperatingPoint:
 HEADLINE_METRICS = ("accuracy", "macro_f1", "macro_roc_auc", "ece")
 OPERATING_METRICS = ("sensitivity", "specificity", "ppv", "npv")
 LOWER_IS_BETTER = frozenset({"ece"})
+# Metrics whose resamples run above the full sample's value: their intervals are shifted back
+# by the resamples' mean excess (bias-corrected percentile intervals).
+BIASED_UPWARD = frozenset({"ece"})
 RESAMPLES = 1000
 CALIBRATION_BINS = 15  # as the evaluate stage's ECE (imgpipe.evaluation.calibration)
 # Resamples are scored in blocks of about this many (resample, image) weights: ~32 MB per
@@ -263,13 +267,23 @@ def confidence_intervals(
     level: float = 0.95,
 ) -> dict[str, tuple[float, float]]:
     """Percentile bootstrap interval (low, high) per metric, rounded to 6 decimals; a metric
-    undefined in the full sample is left out."""
+    undefined in the full sample is left out. ECE's resamples are first shifted by their mean
+    excess over the full sample's ECE (see :data:`BIASED_UPWARD`), so its interval contains
+    its figure."""
     full = weighted_metrics(labels, probabilities, np.ones((1, len(labels))), point)
     [resampled] = _resampled_metrics(labels, [(probabilities, point)], groups, resamples, seed)
     intervals = {}
     for name in _metric_names(point):
-        interval = _interval(resampled[name], level)
+        samples = resampled[name]
+        if name in BIASED_UPWARD and not np.isnan(samples).all():
+            # A resample repeats images, which ECE reads as miscalibration: its resamples sit
+            # above the full sample's ECE, and a well-calibrated model's percentile interval
+            # could exclude its own figure. Shifted by that bias, they centre on it.
+            samples = samples - (np.nanmean(samples) - full[name][0])
+        interval = _interval(samples, level)
         if not np.isnan(full[name][0]) and interval is not None:
+            if name in BIASED_UPWARD:  # an error rate: never below 0
+                interval = (max(0.0, interval[0]), interval[1])
             intervals[name] = interval
     return intervals
 
