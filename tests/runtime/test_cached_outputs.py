@@ -1,5 +1,6 @@
-"""drift-baseline's reference from the feature cache: export-onnx keeps the model's classifier
-head beside the frozen features, and the table built from them is the one built from pixels."""
+"""An exported model's outputs from the feature cache: export-onnx keeps the model's classifier
+head beside the frozen features, and what is built from them (drift-baseline's reference table,
+the int8 gate's fp32 scores) is what the whole model gives on the pixels."""
 
 from __future__ import annotations
 
