@@ -10,6 +10,7 @@ from imgpipe.training.model import (
     Classifier,
     ModelMeta,
     channel_statistics,
+    check_image_size,
     create_network,
     load_checkpoint,
     pretrained_normalisation,
@@ -47,6 +48,26 @@ def test_a_channels_last_network_saves_the_same_bytes_as_one_as_built(
 def test_unknown_architecture_is_named() -> None:
     with pytest.raises(ImgpipeError, match="timm has no model named 'resnet_typo'"):
         create_network("resnet_typo", 2, 1)
+
+
+def test_a_model_that_shrinks_the_images_to_nothing_is_named_before_training() -> None:
+    from imgpipe.training.loop import train_classifier
+    from tests.conftest import make_split, train_config
+
+    split = make_split(4, size=28)
+    with pytest.raises(ImgpipeError, match=r"test_convnext cannot take 28 px images.*image_size"):
+        train_classifier(split, split, train_config(model="test_convnext"))
+
+
+def test_the_image_size_check_leaves_the_network_as_it_was() -> None:
+    torch.manual_seed(0)
+    net = create_network("test_resnet", 2, 1).train()
+    before = copy.deepcopy(net.state_dict())
+    state = torch.get_rng_state()
+    check_image_size(net, "test_resnet", 1, 28)
+    assert net.training and torch.equal(torch.get_rng_state(), state)
+    for name, tensor in net.state_dict().items():
+        assert torch.equal(tensor, before[name]), name  # running statistics untouched
 
 
 def test_not_a_checkpoint(tmp_path: Path) -> None:

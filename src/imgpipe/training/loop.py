@@ -58,6 +58,7 @@ from imgpipe.training.linear_probe import probe_head
 from imgpipe.training.model import (
     Classifier,
     channel_statistics,
+    check_image_size,
     create_network,
     pretrained_normalisation,
 )
@@ -369,6 +370,7 @@ def build_network(
     seed_everything(config.seed)
     channels, classes = train.images.shape[-1], len(train.classes)
     net = create_network(config.model, classes, channels, config.pretrained, config.drop_path)
+    check_image_size(net, config.model, channels, train.images.shape[1])
     if config.pretrained and config.normalise == "auto":
         mean, std = pretrained_normalisation(net, channels)
     else:

@@ -127,6 +127,29 @@ def _timm_model(architecture: str, options: dict[str, Any], **arguments: Any) ->
         raise
 
 
+def check_image_size(net: nn.Module, architecture: str, channels: int, image_size: int) -> None:
+    """Run ``net`` once on two blank images of the configured size, so a network that
+    downsamples them to nothing fails here with the setting to change, not as a convolution
+    error inside the first training step (timm's ConvNeXt needs 32 px at least: at 28 px its
+    last stage's 2x2 convolution meets a 1x1 map). Evaluation mode, no gradients: no random
+    numbers are drawn and no running statistics move, so the run's results do not change.
+
+    Raises:
+        ImgpipeError: naming the model and ``image_size``.
+    """
+    was_training = net.training
+    try:
+        with torch.no_grad():
+            net.eval()(torch.zeros(2, channels, image_size, image_size))
+    except RuntimeError as error:
+        raise ImgpipeError(
+            f"model: {architecture} cannot take {image_size} px images (preprocess.image_size): "
+            f"{error}; raise preprocess.image_size or choose another model"
+        ) from None
+    finally:
+        net.train(was_training)
+
+
 def pretrained_normalisation(net: nn.Module, channels: int) -> tuple[list[float], list[float]]:
     """The per-channel mean and std in [0, 1] that ``net``'s pretrained weights were trained
     with (timm's ``pretrained_cfg``, what ``timm.data.resolve_data_config`` uses): a frozen or
