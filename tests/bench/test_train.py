@@ -25,11 +25,12 @@ def test_each_rounds_ratio_is_against_the_bare_loop_of_that_round(
         return train_classifier(*args, **kwargs)
 
     monkeypatch.setattr(loop, "train_classifier", counted)
-    # Seconds of (bare, stage) per round: the stage is 3x slower, 3x faster, then 2x slower.
-    clock = FakeClock([1, 3, 3, 1, 2, 4])
+    # Seconds of (bare loop's model building, its training, stage) per round: the bare loop
+    # takes 1, 3 and 2 s in all, the stage 3x slower, 3x faster, then 2x slower.
+    clock = FakeClock([0.25, 0.75, 3, 0.5, 2.5, 1, 1, 1, 4])
     config = train_config(epochs=1, warmup_epochs=0, batch_size=16, augment={"degrees": 5})
     results = bench_train(config, image_size=16, channels=1, images=64, rounds=3, clock=clock)
-    assert clock.calls == 12 and len(stages) == 3  # both loops ran to the end in every round
+    assert clock.calls == 18 and len(stages) == 3  # both loops ran to the end in every round
     assert all(c.device == "cpu" and c.epochs == 1 and c.batch_size == 16 for c in stages)
     assert results["bare_loop_per_round"] == [64.0, 21.3, 32.0]
     assert results["train_stage_per_round"] == [21.3, 64.0, 16.0]
