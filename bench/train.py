@@ -104,8 +104,8 @@ def bench_train(
     loop is forward, cross-entropy, backward, AdamW step over tensors already in memory; the
     stage's loop (:func:`~imgpipe.training.loop.train_classifier` with ``config``) also gathers
     batches from the arrays, augments every image, keeps the weight average, steps the schedule
-    and validates after each epoch (on a split a tenth the size of the
-    training one, as in the default pipeline).
+    and validates after each epoch (on a split a tenth the size of the training one, as in the
+    default pipeline).
 
     The bare loop trains on the images augmented once beforehand (untimed): CPU convolution
     speed depends on the pixel values (uniform noise trained ~30% faster than the same noise
