@@ -32,3 +32,37 @@ def test_gradcam_grid_shows_where_the_wrong_images_were_looked_at() -> None:
     heat = [t[..., 0].astype(int) - t[..., 2].astype(int) for t in tiles]
     assert all(h.std() > 1 for h in heat)
     assert not all(np.array_equal(heat[0], h) for h in heat[1:])
+
+
+def test_gradcam_backward_stops_at_its_layer_with_the_same_maps() -> None:
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from imgpipe.evaluation.pictures import _gradients_into
+
+    torch.manual_seed(0)
+    early, layer = torch.nn.Conv2d(1, 4, 3), torch.nn.Conv2d(4, 4, 3)
+    model = torch.nn.Sequential(
+        early, torch.nn.ReLU(), layer, torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.LazyLinear(3)
+    )
+    images = torch.rand(4, 1, 12, 12)
+    model(images)  # sizes the lazy head
+    assert early.bias is not None
+    early.bias.requires_grad_(False)  # a flag set before must be kept as it was
+    targets = [ClassifierOutputTarget(k % 3) for k in range(4)]
+
+    def maps() -> np.ndarray:
+        model.zero_grad(set_to_none=True)
+        with GradCAM(model=model.eval(), target_layers=[layer]) as cam:
+            return np.asarray(cam(input_tensor=images, targets=targets))
+
+    everything = maps()
+    with _gradients_into(layer, model):
+        only_the_layer = maps()
+        assert early.weight.grad is None  # backward never reached the earlier layer
+        assert model[5].weight.grad is None
+    np.testing.assert_array_equal(only_the_layer, everything)
+    flags = [p.requires_grad for p in model.parameters()]
+    assert flags == [True, False, True, True, True, True]
+    with _gradients_into(model[1], model):  # a layer without parameters: nothing is frozen
+        assert [p.requires_grad for p in model.parameters()] == flags

