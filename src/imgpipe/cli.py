@@ -142,6 +142,18 @@ def report(args: argparse.Namespace) -> int:
     return 0
 
 
+def convert_weights(args: argparse.Namespace) -> int:
+    from imgpipe.training.foreign_weights import convert_weights as convert
+
+    count = convert(args.source, args.model, args.out)
+    print(
+        f"{args.out}: {count} tensors of {args.source} under timm's {args.model} names "
+        f"(paired in order, every shape alike); use it with -S model={args.model} "
+        f"-S pretrained={args.out}"
+    )
+    return 0
+
+
 def check_metrics(args: argparse.Namespace) -> int:
     """Exit 1 when the workspace's metrics moved beyond the tolerance from ``--against``."""
     from imgpipe.report import metric_changes, metric_drift
@@ -231,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_drift(commands, onnx)
     _add_report(commands)
     _add_check_metrics(commands)
+    _add_convert_weights(commands)
     _add_serve(commands, onnx)
     return parser
 
@@ -400,6 +413,27 @@ def _add_check_metrics(commands: _Commands) -> None:
         help="regex of metric keys to check (repeatable; default: all)",
     )
     sub.set_defaults(handler=check_metrics)
+
+
+def _add_convert_weights(commands: _Commands) -> None:
+    sub = commands.add_parser(
+        "convert-weights",
+        help="rename another project's pretrained weights to a timm model's names (offline)",
+        description="Pair the tensors of SOURCE (a .pth or .bin state dict, or a checkpoint "
+        "holding one; not .safetensors, which keeps no order) in order with timm's MODEL, "
+        "check that every pair's shapes agree, and write them under timm's names: a file "
+        "`pretrained:` takes. Without the hub, weights from a wheel or a paper's release come "
+        "this way.",
+    )
+    sub.add_argument("source", type=Path, help="the foreign weights file")
+    sub.add_argument("--model", required=True, help="timm model the weights are for")
+    sub.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="file to write under weights/ (.pth, or .safetensors)",
+    )
+    sub.set_defaults(handler=convert_weights)
 
 
 def _add_serve(commands: _Commands, onnx: Path | None) -> None:
