@@ -73,7 +73,8 @@ def photos_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "model: test_resnet ": "model: test_resnet ",
             "pretrained: false ": "pretrained: weights/pretrained.pth ",
             "epochs: 40 ": "epochs: 12 ",
-            "batch_size: 128 ": "batch_size: 16 ",
+            "batch_size: 64 ": "batch_size: 16 ",
+            "batch_size: 128 ": "batch_size: 16 ",  # the audit's
             "hflip: false ": "hflip: true ",
             "source: builtin:mnist5k ": f"source: {photos} ",
             "image_size: 28 ": "image_size: 64 ",
