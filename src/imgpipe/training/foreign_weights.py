@@ -70,7 +70,8 @@ def read_state_dict(source: Path) -> Mapping[str, torch.Tensor]:
     try:
         loaded: Any = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as error:  # each format fails its own way; all mean "not readable"
-        first = str(error).strip().split(". ")[0].splitlines()[0][:200] if str(error) else ""
+        message = str(error).strip()
+        first = message.split(". ")[0].splitlines()[0][:200] if message else ""
         raise ImgpipeError(
             f"{source}: not a weights file that loads without running code from it ({first}); "
             "a checkpoint that pickles more than tensors (training arguments, classes) loads "
@@ -123,11 +124,10 @@ def pair_by_position(
             f"(batch-norm counters not counted), the first {min(len(theirs), len(ours))} alike; "
             f"{_advice(len(theirs), len(ours))}"
         )
-    paired = {ours[i][0]: theirs[i][1].to(ours[i][1].dtype) for i in range(len(ours))}
-    return OrderedDict(
-        (name, paired[name] if name in paired else tensor.clone())
-        for name, tensor in target.items()
-    )
+    paired = {
+        name: their.to(our.dtype) for (name, our), (_, their) in zip(ours, theirs, strict=True)
+    }
+    return OrderedDict((name, paired.get(name, tensor)) for name, tensor in target.items())
 
 
 def _all_tensors(mapping: Mapping[Any, Any]) -> bool:
