@@ -1,6 +1,7 @@
-"""Stage train: fit the timm model named by ``model`` on the train split, keep the epoch with
-the best validation accuracy, and log per-epoch curves with dvclive. The state after each epoch
-is kept at --state, so a killed run, started again, continues where it was. With
+"""Stage train: fit the timm model named by ``model`` on the train split, keep the last
+epoch's weights (or the best epoch's by validation accuracy: keep_epoch), and log per-epoch
+curves with dvclive. The state after each epoch is kept at --state, so a killed run, started
+again, continues where it was. With
 ``processes`` > 1 the stage reruns itself under torchrun: DDP over that many processes. The
 training images the audit listed for exclusion (audit.exclude; --exclude) are left out."""
 
@@ -93,7 +94,7 @@ def train_and_save(
     excluded: int = 0,
 ) -> None:
     """Train (resuming from ``state`` when it holds this run's progress), logging the curves to
-    the dvclive folder ``live``; rank 0 then writes the best epoch's model to ``checkpoint``.
+    the dvclive folder ``live``; rank 0 then writes the kept epoch's model to ``checkpoint``.
     ``excluded``: how many training images the audit had left out (kept in the summary)."""
     with open_live(live) if processes.rank == 0 else nullcontext() as logger:
         result = train_classifier(
@@ -107,7 +108,7 @@ def train_and_save(
         )
         if processes.rank != 0:
             return
-        logger.summary["best"] = result.best
+        logger.summary["kept"] = result.kept
         logger.summary["processes"] = result.processes  # torchrun world size that trained it
         logger.summary["audit_excluded"] = excluded  # training images audit.exclude dropped
         meta = ModelMeta(
@@ -119,7 +120,7 @@ def train_and_save(
             std=result.std,
             # finetune tells calibrate and evaluate whether the backbone is the frozen one
             # whose cached features they can reuse.
-            training={"best_epoch": result.best_epoch, "finetune": config.finetune, **result.best},
+            training={"kept_epoch": result.kept_epoch, "finetune": config.finetune, **result.kept},
         )
         save_checkpoint(checkpoint, result.model, meta)
 

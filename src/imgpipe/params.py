@@ -149,6 +149,7 @@ class Params(TrainConfig):
             label_smoothing=0.0,
             ema_decay=0.0,
             early_stopping=0,
+            keep_epoch="best",  # as it always did: its monitor is training rows
             class_balance="none",
             compile=False,
             processes=1,

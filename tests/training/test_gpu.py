@@ -56,7 +56,7 @@ def test_training_on_cuda_uses_channels_last_and_learns() -> None:
         assert weight.is_contiguous(memory_format=torch.channels_last)
         assert not weight.is_contiguous()
     result = train_classifier(train, val, config)
-    assert result.best["val_accuracy"] >= 0.9
+    assert result.kept["val_accuracy"] >= 0.9
     assert next(result.model.parameters()).device.type == "cpu"  # saved from the CPU
 
 
@@ -76,4 +76,4 @@ def test_two_cuda_runs_agree_within_the_reproduction_tolerance() -> None:
     train, val = in_colour(make_split(24, seed=1)), in_colour(make_split(8, seed=2))
     config = train_config(device="cuda")
     first, second = (train_classifier(train, val, config) for _ in range(2))
-    assert abs(first.best["val_accuracy"] - second.best["val_accuracy"]) <= 0.01 + 1 / len(val)
+    assert abs(first.kept["val_accuracy"] - second.kept["val_accuracy"]) <= 0.01 + 1 / len(val)

@@ -9,7 +9,7 @@ import torch
 from imgpipe.training import loop
 from imgpipe.training.augment import build_augmentation, build_mixing
 from imgpipe.training.distributed import Processes
-from imgpipe.training.inference import predict_split
+from imgpipe.training.inference import loss_and_accuracy, predict_split
 from imgpipe.training.loop import Trainer, TrainResult, build_trainer, train_classifier
 from imgpipe.training.settings import AugmentConfig
 from tests.conftest import make_split, train_config
@@ -36,7 +36,7 @@ def run(seed: int, logger: Recorder | None = None) -> TrainResult:
     )
 
 
-def test_learns_logs_and_keeps_the_best_epoch() -> None:
+def test_learns_logs_and_keeps_the_last_epoch() -> None:
     recorder = Recorder()
     result = run(seed=0, logger=recorder)
     assert recorder.steps == 4
@@ -46,8 +46,8 @@ def test_learns_logs_and_keeps_the_best_epoch() -> None:
         "val/accuracy",
         "lr",
     }
-    assert result.best["val_accuracy"] == max(h["val_accuracy"] for h in result.history)
-    assert result.best["val_accuracy"] >= 0.9
+    assert result.kept_epoch == result.history[-1]["epoch"] == 4
+    assert result.kept["val_accuracy"] >= 0.9
     assert not result.model.training
 
 
@@ -168,7 +168,22 @@ def test_sgd_one_cycle_with_clipping_learns() -> None:
     )
     lrs = [h["lr"] for h in result.history]
     assert max(lrs) > lrs[0] and max(lrs) > lrs[-1]  # up, then down
-    assert result.best["val_accuracy"] >= 0.9
+    assert result.kept["val_accuracy"] >= 0.9
+
+
+@pytest.mark.parametrize("keep_epoch", ["last", "best"])
+def test_the_model_has_the_kept_epochs_weights(keep_epoch: str) -> None:
+    val = make_split(8, seed=2)
+    val.labels[:] = np.random.default_rng(0).permutation(val.labels)  # scores that wander
+    config = train_config(epochs=6, keep_epoch=keep_epoch)
+    result = train_classifier(make_split(24, seed=1), val, config)
+    best, last = loop._best_epoch(result.history), result.history[-1]["epoch"]
+    assert best != last  # so the two choices are told apart
+    assert result.kept_epoch == (last if keep_epoch == "last" else best)
+    probabilities = predict_split(result.model, val, 8, torch.device("cpu"))
+    loss, accuracy = loss_and_accuracy(probabilities, val.labels)
+    assert accuracy == pytest.approx(result.kept["val_accuracy"])
+    assert loss == pytest.approx(result.kept["val_loss"], abs=1e-5)
 
 
 def test_early_stopping_stops_after_the_patience_runs_out() -> None:
@@ -177,10 +192,10 @@ def test_early_stopping_stops_after_the_patience_runs_out() -> None:
     result = train_classifier(
         make_split(24, seed=1),
         val,
-        train_config(epochs=15, early_stopping=2),
+        train_config(epochs=15, early_stopping=2, keep_epoch="best"),
     )
     assert len(result.history) < 15
-    assert result.history[-1]["epoch"] - result.best_epoch == 2
+    assert result.history[-1]["epoch"] - result.kept_epoch == 2
 
 
 def test_class_balance_by_sampler_and_by_loss_weights() -> None:

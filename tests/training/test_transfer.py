@@ -179,7 +179,7 @@ def test_head_fine_tuning_trains_on_cached_features(
     before_state = {k: v.clone() for k, v in before.network.state_dict().items()}
     first = train_classifier(train, val, config, feature_cache=cache)
     assert changed(before_state, first.model.state_dict()) == {"net.fc.weight", "net.fc.bias"}
-    assert first.best["val_accuracy"] >= 0.9
+    assert first.kept["val_accuracy"] >= 0.9
     stored = sorted(cache.glob("*.npz"))
     # train's and val's unaugmented features, and train's augmented view
     assert [path.name.split("-")[0] for path in stored] == ["split", "split", "views"]

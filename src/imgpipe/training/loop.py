@@ -8,7 +8,8 @@ nothing is decoded during training.
 The pieces, in the order a run uses them: :func:`build_trainer` (network, what of it trains,
 optimiser, schedule, weight average, inputs), :func:`~imgpipe.training.resume.resume`, then
 per epoch :func:`run_epoch` (:func:`train_one_epoch` of :func:`train_step` calls, then
-:func:`validate`), the best epoch kept and the state saved. ``finetune: head`` trains the
+:func:`validate`) and the state saved; then the kept epoch's weights (``keep_epoch``: the
+last, or the best by validation accuracy). ``finetune: head`` trains the
 classifier alone on features the frozen backbone computed once
 (:mod:`imgpipe.training.feature_cache`); ``full`` trains the network on the images;
 ``lp-ft`` fits the classifier on those features first (:mod:`imgpipe.training.linear_probe`),
@@ -113,8 +114,8 @@ class ImageInputs:
 
 @dataclass
 class TrainResult:
-    model: Classifier  # weights of the best epoch by validation accuracy
-    best_epoch: int  # 0: lp-ft's linear probe (no epoch of fine-tuning validated better)
+    model: Classifier  # weights of the kept epoch (keep_epoch: the last, or the best)
+    kept_epoch: int  # 0: lp-ft's linear probe (the kept epoch of fine-tuning validated worse)
     mean: list[float]  # per-channel normalisation the model applies, in [0, 1] units
     std: list[float]
     history: list[dict[str, float]] = field(default_factory=list)
@@ -122,8 +123,9 @@ class TrainResult:
     processes: int = 1  # how many processes trained it (torchrun world size)
 
     @property
-    def best(self) -> dict[str, float]:
-        return next(record for record in self.history if record["epoch"] == self.best_epoch)
+    def kept(self) -> dict[str, float]:
+        """The kept epoch's record: losses, validation accuracy, peak lr."""
+        return next(record for record in self.history if record["epoch"] == self.kept_epoch)
 
 
 def open_live(folder: Path) -> Any:
@@ -162,7 +164,8 @@ def train_classifier(
     feature_cache: Path | None = None,
     processes: Processes | None = None,
 ) -> TrainResult:
-    """Train, keeping the best epoch by validation accuracy (then loss).
+    """Train; keep the last epoch's weights, or with ``keep_epoch: best`` the epoch's with
+    the best validation accuracy (then loss).
 
     Args:
         train: training split.
@@ -196,7 +199,7 @@ def train_classifier(
         seen += images
         if metric_logger is not None:
             log_epoch(metric_logger, record)
-        if _is_better(record, progress.history):
+        if config.keep_epoch == "best" and _is_better(record, progress.history):
             progress.best_state = {
                 name: tensor.detach().clone()
                 for name, tensor in trainer.evaluated.state_dict().items()
@@ -213,9 +216,10 @@ def train_classifier(
 
 def keep_probe(trainer: Trainer, progress: Progress) -> None:
     """``lp-ft``'s start, the network with its linear probe as the classifier, validated and
-    recorded as epoch 0: it is kept only if no epoch of fine-tuning is as accurate on the
-    validation split (:func:`_rank`). On 1,000 photo crops (EfficientNet-Lite0) three epochs at
-    lr 1e-4 ended at 0.92 validation accuracy, below the probe's 0.98."""
+    recorded as epoch 0: it is kept only if the kept epoch of fine-tuning (the last, or the
+    best) is less accurate on the validation split (:func:`_rank`). On 1,000 photo crops
+    (EfficientNet-Lite0) three epochs at lr 1e-4 ended at 0.92 validation accuracy, below the
+    probe's 0.98."""
     record = {"epoch": 0, **validate(trainer)}
     progress.history.append(record)
     progress.best_state = {
@@ -582,17 +586,22 @@ def validate(trainer: Trainer) -> dict[str, float]:
 
 
 def _result(trainer: Trainer, progress: Progress, rate: float) -> TrainResult:
-    """The best epoch's weights in a CPU copy of the whole network."""
+    """The kept epoch's weights in a CPU copy of the whole network."""
+    kept_epoch = _kept_epoch(progress.history, trainer.config.keep_epoch)
+    if trainer.config.keep_epoch == "best" or kept_epoch == 0:
+        state = progress.best_state
+    else:  # the last epoch's: what is validated now
+        state = trainer.evaluated.state_dict()
     final = copy.deepcopy(trainer.network).cpu()
-    best = {k: v.cpu() for k, v in progress.best_state.items()}
+    kept = {k: v.detach().cpu() for k, v in state.items()}
     if trainer.config.finetune == "head":
-        final.net.get_classifier().load_state_dict(best)
+        final.net.get_classifier().load_state_dict(kept)
     else:
-        final.load_state_dict(best)
+        final.load_state_dict(kept)
     final.requires_grad_(True)
     return TrainResult(
         final.eval(),
-        _best_epoch(progress.history),
+        kept_epoch,
         trainer.mean,
         trainer.std,
         progress.history,
@@ -708,6 +717,15 @@ def _rank(record: dict[str, float]) -> tuple[float, float]:
 
 def _best_epoch(history: list[dict[str, float]]) -> int:
     return int(max(history, key=_rank)["epoch"])
+
+
+def _kept_epoch(history: list[dict[str, float]], keep: str) -> int:
+    """The best epoch, or the last one unless lp-ft's probe (epoch 0) validated better."""
+    if keep == "best":
+        return _best_epoch(history)
+    last = history[-1]
+    probe = [record for record in history if record["epoch"] == 0]
+    return 0 if probe and _rank(probe[0]) > _rank(last) else int(last["epoch"])
 
 
 def _is_better(record: dict[str, float], history: list[dict[str, float]]) -> bool:

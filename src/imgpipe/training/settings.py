@@ -75,6 +75,7 @@ class TrainConfig(FrozenSettings):
     schedule: Literal["cosine", "onecycle"]
     grad_clip: float = Field(ge=0)
     early_stopping: int = Field(ge=0)
+    keep_epoch: Literal["last", "best"]  # whose weights train keeps
     class_balance: Literal["none", "loss", "sampler"]
     compile: bool
     processes: int = Field(ge=1, le=64)
