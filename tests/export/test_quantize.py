@@ -200,3 +200,28 @@ def test_auto_keeps_the_fewest_float_convolutions_that_pass_the_gate(
     [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     # test_resnet: 1, 2 and 4 are at most half of its convolutions
     assert warning.endswith("(export.int8_float_convolutions auto tried [1, 2, 4])")
+
+
+def test_calibration_ranges_do_not_depend_on_the_batch_size(
+    tiny_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The calibrator reads small batches for speed; every tensor's min/max, hence the int8
+    file, is the same as with all images in one batch."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    quantize = imgpipe.export.quantize
+    prepared = tmp_path / "prepared.onnx"
+    quant_pre_process(str(tiny_onnx), str(prepared), skip_symbolic_shape=True)
+    calibration, default = make_split(24, seed=4).images, quantize.CALIBRATION_BATCH
+    assert default < len(calibration)
+
+    def ranges(images: np.ndarray, batch: int) -> dict[str, list[float]]:
+        monkeypatch.setattr(quantize, "CALIBRATION_BATCH", batch)
+        scratch = tmp_path / f"run-{len(images)}-{batch}"
+        scratch.mkdir()
+        found = quantize._activation_ranges(prepared, quantize._batches(images), scratch)
+        return {name: np.ravel(v.range_value).tolist() for name, v in found.data.items()}
+
+    whole = ranges(calibration, batch=len(calibration))
+    assert len(whole) > 4 and ranges(calibration, batch=default) == whole
+    assert ranges(calibration[:3], batch=default) != whole  # fewer images: other ranges

@@ -234,13 +234,22 @@ class Int8Quantiser:
         log.info("int8: quantised on %d calibration images%s", len(self.calibration), note)
 
 
+# Images per calibration batch. The calibrator reduces every tensor to its min and max after
+# each batch; with 8 images those tensors are still in the CPU's caches: EfficientNet-Lite0's
+# 128 photos took 3.1 s instead of 4.1 s (32 a batch) on 2 cores, with the very same ranges
+# (a min or max does not depend on how the images are grouped).
+CALIBRATION_BATCH = 8
+
+
 def _batches(calibration: np.ndarray) -> CalibrationDataReader:
-    """``calibration`` in batches of about 32, as the calibrator reads them."""
+    """``calibration`` in batches of about :data:`CALIBRATION_BATCH`, as the calibrator reads
+    them."""
     from onnxruntime.quantization import CalibrationDataReader
 
     class Batches(CalibrationDataReader):  # type: ignore[misc]
         def __init__(self) -> None:
-            self.batches = iter(np.array_split(calibration, max(1, len(calibration) // 32)))
+            parts = max(1, len(calibration) // CALIBRATION_BATCH)
+            self.batches = iter(np.array_split(calibration, parts))
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             batch = next(self.batches, None)
