@@ -225,3 +225,17 @@ def test_calibration_ranges_do_not_depend_on_the_batch_size(
     whole = ranges(calibration, batch=len(calibration))
     assert len(whole) > 4 and ranges(calibration, batch=default) == whole
     assert ranges(calibration[:3], batch=default) != whole  # fewer images: other ranges
+
+
+@pytest.mark.parametrize("per_class", [40, 10])  # more images than one batch, and fewer
+def test_scoring_keeps_the_warm_up_batch_s_predictions(tiny_onnx: Path, per_class: int) -> None:
+    """The first batch warms the session up and its predictions are kept: every image is
+    scored once, as one plain run scores it; the time covers the batches after it."""
+    from imgpipe.runtime.onnx_model import OnnxClassifier
+
+    images = make_split(per_class, seed=5).images
+    scores = imgpipe.export.quantize.score(tiny_onnx, images)
+    expected, _ = OnnxClassifier(tiny_onnx).run(images, imgpipe.export.quantize.LATENCY_BATCH)
+    assert scores.probabilities.shape == (len(images), 2)
+    np.testing.assert_array_equal(scores.probabilities, expected)
+    assert scores.ms_per_image > 0
