@@ -29,8 +29,14 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 ENV = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
 
 
+def log_dir(folder: Path) -> str:
+    """torchrun's bookkeeping in the test's folder (by default it leaves a folder in /tmp)."""
+    return f"--log-dir={folder / 'torchrun'}"
+
+
 def run_two_processes(out: Path, *mode: str) -> subprocess.CompletedProcess[str]:
-    command = [*TORCHRUN, "--standalone", "--nproc-per-node=2", WORKER, str(out), *mode]
+    command = [*TORCHRUN, "--standalone", "--nproc-per-node=2", log_dir(out), WORKER, str(out)]
+    command += mode
     return subprocess.run(
         command, env=ENV, capture_output=True, text=True, timeout=300, check=False
     )
@@ -51,6 +57,7 @@ def run_two_nodes(folders: list[Path], *mode: str, timeout: float = 300) -> list
                 "--rdzv-backend=c10d",
                 f"--rdzv-endpoint={endpoint}",
                 "--rdzv-id=imgpipe-test",
+                log_dir(folder),
                 WORKER,
                 str(folder),
                 *mode,
@@ -226,6 +233,25 @@ def test_more_processes_than_gpus_are_refused_in_words(monkeypatch: pytest.Monke
         start_processes("cuda")
     with pytest.raises(ImgpipeError, match=r"4 training processes .* at most 1"):
         distributed.relaunch_under_torchrun(4, "auto", "stages/train.py", [])
+
+
+def test_a_relaunch_runs_the_script_in_each_process_and_leaves_no_folder_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torchrun, left to itself, makes a torchelastic_* folder per run in the temporary
+    directory and never removes it."""
+    scratch, out = tmp_path / "tmp", tmp_path / "out"
+    scratch.mkdir()
+    out.mkdir()
+    script = tmp_path / "rank.py"
+    script.write_text(
+        "import os, sys\n"
+        "open(os.path.join(sys.argv[1], os.environ['RANK']), 'w').write(os.environ['WORLD_SIZE'])\n"
+    )
+    monkeypatch.setattr("tempfile.tempdir", str(scratch))
+    distributed.relaunch_under_torchrun(2, "cpu", str(script), [str(out)])
+    assert {f.name: f.read_text() for f in out.iterdir()} == {"0": "2", "1": "2"}
+    assert list(scratch.iterdir()) == []
 
 
 def test_the_process_group_waits_long_and_binds_its_gpu(monkeypatch: pytest.MonkeyPatch) -> None:

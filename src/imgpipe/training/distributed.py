@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -92,13 +93,23 @@ def relaunch_under_torchrun(count: int, device: str, script: str, arguments: lis
         check_gpus_for(count)
 
     log.info("starting %d training processes (torchrun, DDP)", count)
-    try:
-        options = parse_args(  # type: ignore[no-untyped-call]
-            ["--standalone", f"--nproc-per-node={count}", script, *arguments]
-        )
-        run(options)  # type: ignore[no-untyped-call]
-    except ChildFailedError as error:
-        raise ImgpipeError(f"a training process failed: {error}") from None
+    # torchrun's own bookkeeping goes to a folder removed afterwards: left to itself it makes
+    # a /tmp/torchelastic_* folder per run and never removes it (the processes' output still
+    # comes to the console).
+    with tempfile.TemporaryDirectory(prefix="imgpipe-torchrun-") as bookkeeping:
+        try:
+            options = parse_args(  # type: ignore[no-untyped-call]
+                [
+                    "--standalone",
+                    f"--nproc-per-node={count}",
+                    f"--log-dir={bookkeeping}",
+                    script,
+                    *arguments,
+                ]
+            )
+            run(options)  # type: ignore[no-untyped-call]
+        except ChildFailedError as error:
+            raise ImgpipeError(f"a training process failed: {error}") from None
 
 
 def stop_processes(processes: Processes) -> None:
