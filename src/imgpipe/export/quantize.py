@@ -236,8 +236,8 @@ class Int8Quantiser:
 
 # Images per calibration batch. The calibrator reduces every tensor to its min and max after
 # each batch; with 8 images those tensors are still in the CPU's caches: EfficientNet-Lite0's
-# 128 photos took 3.1 s instead of 4.1 s (32 a batch) on 2 cores, with the very same ranges
-# (a min or max does not depend on how the images are grouped).
+# 128 photos took 3.0-4.2 s instead of 4.1-5.3 s (32 a batch; 4 runs each, alternating) on
+# 2 cores, with the very same ranges (a min or max does not depend on how images are grouped).
 CALIBRATION_BATCH = 8
 
 
