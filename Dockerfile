@@ -12,10 +12,14 @@
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE} AS base
 
+# No usage reports leave the container: onnxruntime's telemetry and DVC's analytics are off
+# (imgpipe and .dvc/config also turn them off; these cover any other process). docs/privacy.md
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    ORT_DISABLE_TELEMETRY=1 \
+    DVC_NO_ANALYTICS=1
 
 RUN useradd --create-home --uid 10001 imgpipe
 WORKDIR /app

@@ -21,7 +21,7 @@ from imgpipe.training.settings import TrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The repositories tests `dvc init` lack the clone's `core.analytics = false`: no usage reports
-# from them either (tests/test_dvc_config.py checks the clone's setting without this).
+# from them either (tests/test_privacy.py checks the clone's setting without this).
 os.environ["DVC_NO_ANALYTICS"] = "1"
 # Per-test timeout of `slow` tests (pytest-timeout): end-to-end pipeline runs take minutes, far
 # over pyproject's default for the rest (300 s).
