@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,12 @@ def test_same_distribution_is_not_drift(setup: tuple[Path, Path, Path]) -> None:
     assert code == 0, summary
     assert summary["features"]["drifted_share"] < 0.5
     assert summary["rows"] == {"reference": 300, "current": 120}
-    assert (setup[0] / "same-report" / "report.html").stat().st_size > 10_000
+    html = (setup[0] / "same-report" / "report.html").read_text(encoding="utf-8")
+    assert len(html) > 10_000
+    # self-contained: opening it fetches no script, stylesheet or font from anywhere (the report
+    # holds the model's features of production images)
+    external = r"<script[^>]+src=|<link[^>]+href=|@import\s+(?:url\()?[\"']?(?:https?:)?//"
+    assert re.findall(external, html) == []
 
 
 def test_inverted_images_are_drift(setup: tuple[Path, Path, Path]) -> None:
