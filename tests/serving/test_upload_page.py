@@ -36,6 +36,35 @@ def test_upload_page_and_openapi(client: TestClient) -> None:
     assert client.get("/docs").status_code == 200
 
 
+def test_the_api_docs_come_from_the_service_itself(client: TestClient) -> None:
+    """Swagger UI and ReDoc from files the service serves, with no CDN in their pages."""
+    for page in ("/docs", "/redoc"):
+        html = client.get(page).text
+        scripts = re.findall(r'<script[^>]+src="([^"]+)"', html)
+        assert scripts and all(src.startswith("/docs-assets/") for src in scripts), (page, scripts)
+        for src in scripts:
+            asset = client.get(src)
+            assert asset.status_code == 200 and len(asset.content) > 100_000, src
+        assert "cdn" not in html.lower(), page
+
+
+@needs_chromium
+def test_the_api_docs_render_with_nothing_but_the_service(live_server: LiveServer) -> None:
+    """In a browser: the docs page lists the operations, and every request it makes goes to the
+    service (with a CDN's script, this page was blank where nothing may call out)."""
+    with headless_chromium() as browser:
+        page = browser.new_page()
+        requested: list[str] = []
+        script_errors: list[str] = []
+        page.on("request", lambda request: requested.append(request.url))
+        page.on("pageerror", lambda error: script_errors.append(str(error)))
+        page.goto(live_server.url + "/docs")
+        page.wait_for_selector(".opblock-summary-path[data-path='/predict']", timeout=15_000)
+        assert script_errors == []
+        local = (live_server.url, "data:")
+        assert [url for url in requested if not url.startswith(local)] == []
+
+
 def test_ci_is_parsed_not_just_present() -> None:
     assert [running_in_ci({"CI": v}) for v in ("true", "True", "1", "yes")] == [True] * 4
     assert [running_in_ci({"CI": v}) for v in ("false", "0", "", "no")] == [False] * 4

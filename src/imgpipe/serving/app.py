@@ -29,6 +29,7 @@ from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client import generate_latest as prometheus_text
 from pydantic import BaseModel, Field
@@ -162,7 +163,10 @@ def create_app(config: ServeConfig) -> FastAPI:
     metrics.describe_model(identity.sha256, identity.architecture, identity.commit)
     if config.baseline is not None:
         metrics.export_baseline(load_baseline(config.baseline, classifier.classes))
-    app = FastAPI(
+    # /docs and /redoc load their scripts from this service, not a CDN: they work where nothing
+    # may call out, and no third-party script runs beside uploads and the service's token.
+    app = FastAPIOffline(
+        static_url="/docs-assets",
         title="imgpipe",
         version=__version__,
         summary="Image classification with the pipeline's exported ONNX model",
