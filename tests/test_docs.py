@@ -59,6 +59,9 @@ def test_the_site_builds_strictly(tmp_path: Path) -> None:
     assert build.returncode == 0, build.stdout + build.stderr
     home = (tmp_path / "index.html").read_text(encoding="utf-8")
     assert "Your photos" in home  # the home page is the README
+    # every page is served from the site itself (no Google Fonts, no CDN): it reads offline
+    external = re.findall(r'<(?:link|script)[^>]+(?:href|src)="(?:https?:)?//[^"]*"', home)
+    assert external == [], external
 
 
 def test_the_readme_is_short() -> None:
