@@ -4,11 +4,13 @@ train on patients' images, often where nothing may call out)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import onnx
+import yaml
 from onnx import TensorProto, helper
 
 from tests.conftest import REPO_ROOT
@@ -94,3 +96,13 @@ def test_onnxruntime_alone_does_queue_telemetry(tmp_path: Path) -> None:
     model = identity_model(tmp_path / "model.onnx")
     files = files_onnxruntime_writes(tmp_path / "home", model, "sys")
     assert any(name.endswith("deviceid") for name in files), files
+
+
+def test_every_workflow_that_runs_cml_turns_its_telemetry_off() -> None:
+    """cml's usage event carries an id derived from the PR author's GitHub account."""
+    workflows = sorted((REPO_ROOT / ".github" / "workflows").glob("*.yml"))
+    running_cml = [path for path in workflows if re.search(r"^\s*cml ", path.read_text(), re.M)]
+    assert running_cml, "no workflow runs cml: this check has nothing left to hold"
+    for path in running_cml:
+        env = yaml.safe_load(path.read_text()).get("env", {})
+        assert env.get("ITERATIVE_DO_NOT_TRACK") == "1", path.name
