@@ -64,6 +64,39 @@ def test_health_names_head_when_dvc_lock_records_this_very_model(
     assert model_commit(served) == "abc1234"
 
 
+def test_the_commit_of_a_model_in_a_folder_output(
+    onnx_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """models/int8/model.onnx: dvc.lock records the folder, DVC's cache lists its files."""
+    import hashlib
+    import subprocess
+
+    from imgpipe.serving.provenance import model_commit
+
+    monkeypatch.delenv("IMGPIPE_MODEL_COMMIT", raising=False)
+    served = tmp_path / "models" / "int8" / "model.onnx"
+    served.parent.mkdir(parents=True)
+    shutil.copyfile(onnx_model, served)
+    listing = [{"md5": hashlib.md5(served.read_bytes()).hexdigest(), "relpath": "model.onnx"}]
+    manifest = json.dumps(listing).encode()
+    folder_md5 = hashlib.md5(manifest).hexdigest() + ".dir"
+    outs = [{"path": "models/int8", "md5": folder_md5}]
+    (tmp_path / "dvc.lock").write_text(json.dumps({"stages": {"export-onnx": {"outs": outs}}}))
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    for command in (["init", "-q"], ["add", "dvc.lock"], ["commit", "-qm", "lock"]):
+        subprocess.run([*git, *command], cwd=tmp_path, check=True)
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert model_commit(served) is None  # the cache does not hold the folder's list: unknown
+    cached = tmp_path / ".dvc" / "cache" / "files" / "md5" / folder_md5[:2] / folder_md5[2:]
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(manifest)
+    assert model_commit(served) == head
+    served.write_bytes(served.read_bytes() + b"\0")  # not the file the folder lists
+    assert model_commit(served) is None
+
+
 def test_prometheus_metrics_count_requests_errors_classes_and_confidence(
     client: TestClient, test_split: SplitArrays
 ) -> None:
