@@ -35,11 +35,25 @@ def test_health_reports_the_commit_from_the_environment(
         assert c.get("/health").json()["model"]["commit"] == "abc1234"
 
 
+def commit_lock(repo: Path, outs: list[dict[str, str]]) -> str:
+    """A git repository at ``repo`` whose one commit holds a dvc.lock recording ``outs`` as
+    export-onnx's outputs; its HEAD."""
+    import subprocess
+
+    lock = {"stages": {"export-onnx": {"outs": outs}}}
+    (repo / "dvc.lock").write_text(json.dumps(lock))  # JSON is YAML too
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    for command in (["init", "-q"], ["add", "dvc.lock"], ["commit", "-qm", "lock"]):
+        subprocess.run([*git, *command], cwd=repo, check=True)
+    return subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
 def test_health_names_head_when_dvc_lock_records_this_very_model(
     onnx_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import hashlib
-    import subprocess
 
     from imgpipe.serving.provenance import model_commit
 
@@ -48,14 +62,7 @@ def test_health_names_head_when_dvc_lock_records_this_very_model(
     served.parent.mkdir()
     shutil.copyfile(onnx_model, served)
     md5 = hashlib.md5(served.read_bytes()).hexdigest()
-    lock = {"stages": {"export-onnx": {"outs": [{"path": "models/model.onnx", "md5": md5}]}}}
-    (tmp_path / "dvc.lock").write_text(json.dumps(lock))  # JSON is YAML too
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
-    for command in (["init", "-q"], ["add", "dvc.lock"], ["commit", "-qm", "lock"]):
-        subprocess.run([*git, *command], cwd=tmp_path, check=True)
-    head = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True, check=True
-    ).stdout.strip()
+    head = commit_lock(tmp_path, [{"path": "models/model.onnx", "md5": md5}])
     with TestClient(create_app(ServeConfig(model=served))) as c:
         assert c.get("/health").json()["model"]["commit"] == head
     served.write_bytes(served.read_bytes() + b"\0")  # not the file dvc.lock records
@@ -69,7 +76,6 @@ def test_the_commit_of_a_model_in_a_folder_output(
 ) -> None:
     """models/int8/model.onnx: dvc.lock records the folder, DVC's cache lists its files."""
     import hashlib
-    import subprocess
 
     from imgpipe.serving.provenance import model_commit
 
@@ -80,14 +86,7 @@ def test_the_commit_of_a_model_in_a_folder_output(
     listing = [{"md5": hashlib.md5(served.read_bytes()).hexdigest(), "relpath": "model.onnx"}]
     manifest = json.dumps(listing).encode()
     folder_md5 = hashlib.md5(manifest).hexdigest() + ".dir"
-    outs = [{"path": "models/int8", "md5": folder_md5}]
-    (tmp_path / "dvc.lock").write_text(json.dumps({"stages": {"export-onnx": {"outs": outs}}}))
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
-    for command in (["init", "-q"], ["add", "dvc.lock"], ["commit", "-qm", "lock"]):
-        subprocess.run([*git, *command], cwd=tmp_path, check=True)
-    head = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True, check=True
-    ).stdout.strip()
+    head = commit_lock(tmp_path, [{"path": "models/int8", "md5": folder_md5}])
     assert model_commit(served) is None  # the cache does not hold the folder's list: unknown
     cached = tmp_path / ".dvc" / "cache" / "files" / "md5" / folder_md5[:2] / folder_md5[2:]
     cached.parent.mkdir(parents=True)
