@@ -15,17 +15,21 @@ from onnx import TensorProto, helper
 
 from tests.conftest import REPO_ROOT
 
-OPT_OUTS = ("DVC_NO_ANALYTICS", "ORT_DISABLE_TELEMETRY")  # set in this process by conftest/imgpipe
-
 
 def clean_env(home: Path) -> dict[str, str]:
-    """This environment without the opt-out variables, with temporary files, caches and the
-    home folder in ``home`` so that whatever a run writes there can be listed."""
-    env = {key: value for key, value in os.environ.items() if key not in OPT_OUTS}
+    """A user's environment, not this one: no opt-out variable (conftest and imgpipe set them in
+    this process) and no CI marker (onnxruntime keeps quiet under CI=true or GITHUB_ACTIONS), with
+    the home folder, caches and temporary files in ``home`` so that what a run writes there can
+    be listed."""
     for name in ("tmp", "cache"):
         (home / name).mkdir(parents=True)
-    env.update(HOME=str(home), TMPDIR=str(home / "tmp"), XDG_CACHE_HOME=str(home / "cache"))
-    return env
+    return {
+        "PATH": os.environ["PATH"],
+        "PYTHONPATH": str(REPO_ROOT / "src"),
+        "HOME": str(home),
+        "TMPDIR": str(home / "tmp"),
+        "XDG_CACHE_HOME": str(home / "cache"),
+    }
 
 
 def written(home: Path) -> list[str]:
